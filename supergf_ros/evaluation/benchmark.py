@@ -1,0 +1,354 @@
+"""`supergf-ros benchmark`: CPU latency of the networks a localizer runs per query image.
+
+Measures, at 640x480 by default, with warm-up and medians over repeated runs:
+- SuperPoint (the "superpoint" extractor: network forward + NMS/top-k/descriptor sampling);
+- SuperGF-dense over the SuperPoint dense map; SuperGF-sparse over 1024 keypoints;
+- NetVLAD (VGG16 conv5_3 + NetVLAD, 64 clusters), the separate global network a two-network
+  system would run instead of SuperGF;
+each with PyTorch and ONNX Runtime. Weights do not change the cost: missing weights are replaced by
+seeded random initializations (reported in the output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BACKENDS = ("torch", "onnxruntime")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "benchmark",
+        help="CPU latency of SuperPoint, SuperGF (dense/sparse) and NetVLAD, PyTorch vs ONNX Runtime",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per model (median)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
+    parser.add_argument(
+        "--netvlad-repeats", type=int, default=3, help="timed runs for the (slow) NetVLAD baseline"
+    )
+    parser.add_argument("--size", default="640x480", help="image size WIDTHxHEIGHT")
+    parser.add_argument("--num-keypoints", type=int, default=1024, help="SuperGF-sparse keypoints")
+    parser.add_argument(
+        "--superpoint-weights",
+        type=Path,
+        default=None,
+        help="MagicLeap superpoint_v1.pth (default: $SUPERGF_SUPERPOINT_WEIGHTS; random init if unset)",
+    )
+    parser.add_argument(
+        "--backends", default=",".join(BACKENDS), help="comma-separated: torch,onnxruntime"
+    )
+    parser.add_argument("--no-netvlad", action="store_true", help="skip the NetVLAD baseline")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size must look like 640x480, got {text!r}") from None
+    if w < 32 or h < 32:
+        raise ValueError(f"--size must be at least 32x32, got {text!r}")
+    return w, h
+
+
+def time_ms(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, float]:
+    """Run `fn` `warmup` times untimed, then `repeats` times; return median/min/max in ms."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
+
+
+def _test_image(width: int, height: int):
+    """A deterministic textured RGB image (multi-scale blurred noise), uint8 HxWx3."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    image = np.zeros((height, width), np.float32)
+    for scale in (2, 5, 11, 23):
+        noise = rng.random((height, width), dtype=np.float32)
+        image += cv2.GaussianBlur(noise, (0, 0), scale) * scale
+    image = (image - image.min()) / max(float(np.ptp(image)), 1e-6) * 255
+    return np.repeat(image.astype(np.uint8)[..., None], 3, axis=2)
+
+
+def run_benchmark(
+    size: tuple[int, int] = (640, 480),
+    repeats: int = 10,
+    warmup: int = 2,
+    netvlad_repeats: int = 3,
+    num_keypoints: int = 1024,
+    superpoint_weights: str | Path | None = None,
+    backends: tuple[str, ...] = BACKENDS,
+    netvlad: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Measure the networks and return the results dict (see the module docstring)."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from ..features import LocalFeatures, create_extractor
+    from ..features.superpoint import WEIGHTS_ENV, SuperPointNet, resolve_weights
+    from ..inference.onnx import OrtModule, export_onnx
+    from ..models import build_model, default_weights_path, load_checkpoint
+    from ..models.aggregators import create_aggregator
+    from ..models.netvlad import NetVLAD, NetVLADPositional
+
+    unknown = set(backends) - set(BACKENDS)
+    if unknown or not backends:
+        raise ValueError(f"unknown backend(s) {sorted(unknown)}; choose from {list(BACKENDS)}")
+    if repeats < 1 or warmup < 0 or netvlad_repeats < 1:
+        raise ValueError("repeats and netvlad-repeats must be >= 1 and warmup >= 0")
+    if num_keypoints < 1:
+        raise ValueError(f"num-keypoints must be >= 1, got {num_keypoints}")
+    width, height = size
+    notes: list[str] = []
+    timings: dict[str, dict[str, dict[str, float]]] = {}
+    image = _test_image(width, height)
+
+    stages = [("superpoint", b) for b in backends] + [
+        (m, b) for m in ("supergf_dense", "supergf_sparse") for b in backends
+    ]
+    if netvlad:
+        stages += [("netvlad", b) for b in backends]
+    bar = tqdm(total=len(stages), desc="benchmark", unit="model", disable=not progress)
+
+    with tempfile.TemporaryDirectory(prefix="supergf-bench-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        # --- SuperPoint weights: given, from the environment, or a seeded random init.
+        if superpoint_weights is not None or os.environ.get(WEIGHTS_ENV):
+            sp_path = resolve_weights(superpoint_weights)
+            sp_source = str(sp_path)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                torch.save(SuperPointNet().state_dict(), tmp / "superpoint_random.pth")
+            sp_path = tmp / "superpoint_random.pth"
+            sp_source = "random-init"
+            notes.append(
+                "SuperPoint: no weights given (--superpoint-weights / $SUPERGF_SUPERPOINT_WEIGHTS); "
+                "timed a randomly initialized SuperPointNet"
+            )
+        dense_features = None
+        for backend in backends:
+            extractor = create_extractor(
+                "superpoint",
+                weights=sp_path,
+                max_keypoints=num_keypoints,
+                backend=backend,
+                onnx_cache_dir=tmp,
+            )
+            dense_features = extractor.extract(image)
+            timings.setdefault("superpoint", {})[backend] = time_ms(
+                lambda ex=extractor: ex.extract(image), repeats, warmup
+            )
+            bar.update()
+        sp_keypoints = len(dense_features)
+
+        # --- SuperGF: shipped weights when present (paper config otherwise), random init if none.
+        rng = np.random.default_rng(0)
+        kpts = (rng.random((num_keypoints, 2)) * [width - 1, height - 1]).astype(np.float32)
+        desc = rng.standard_normal((num_keypoints, 256)).astype(np.float32)
+        desc /= np.linalg.norm(desc, axis=1, keepdims=True)
+        sparse_features = LocalFeatures(
+            kpts, rng.random(num_keypoints).astype(np.float32), desc, None, (width, height)
+        )
+        supergf_sources: dict[str, str] = {}
+        supergf_configs: dict[str, dict[str, Any]] = {}
+        for variant in ("dense", "sparse"):
+            path = default_weights_path(variant, "superpoint")
+            if path.is_file():
+                model, _ = load_checkpoint(path)
+                supergf_sources[variant] = str(path.name)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    model = build_model(variant).eval()
+                supergf_sources[variant] = "random-init (paper config)"
+            features = dense_features if variant == "dense" else sparse_features
+            for backend in backends:
+                agg = create_aggregator(
+                    f"supergf-{variant}", model=model, backend=backend, onnx_cache_dir=tmp
+                )
+                timings.setdefault(f"supergf_{variant}", {})[backend] = time_ms(
+                    lambda a=agg, f=features: a(f), repeats, warmup
+                )
+                bar.update()
+            supergf_configs[variant] = dict(model.conf)
+
+        # --- NetVLAD baseline (random weights; cost only).
+        if netvlad:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                net = NetVLAD().eval()
+            x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
+            for backend in backends:
+                if backend == "torch":
+
+                    def fn(net=net, x=x):
+                        with torch.inference_mode():
+                            return net({"image": x})
+
+                else:
+                    onnx_path = export_onnx(
+                        NetVLADPositional(net),
+                        (x,),
+                        tmp / "netvlad.onnx",
+                        input_names=["image"],
+                        output_names=["global_descriptor"],
+                        dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}},
+                    )
+                    ort = OrtModule(onnx_path)
+                    x_np = x.numpy()
+
+                    def fn(ort=ort, x_np=x_np):
+                        return ort(x_np)
+
+                timings.setdefault("netvlad", {})[backend] = time_ms(
+                    fn, netvlad_repeats, min(warmup, 1)
+                )
+                bar.update()
+    bar.close()
+
+    result: dict[str, Any] = {
+        f"{name}_ms": {b: round(t["median"], 2) for b, t in per.items()}
+        for name, per in timings.items()
+    }
+    ratios = {
+        b: round(timings["supergf_sparse"][b]["median"] / timings["superpoint"][b]["median"], 4)
+        for b in backends
+    }
+    result["ratio_supergf_sparse_over_superpoint"] = ratios[backends[0]]
+    result["ratio_supergf_sparse_over_superpoint_by_backend"] = ratios
+    if netvlad:
+        result["ratio_supergf_sparse_over_netvlad_by_backend"] = {
+            b: round(timings["supergf_sparse"][b]["median"] / timings["netvlad"][b]["median"], 4)
+            for b in backends
+        }
+    result["details_ms"] = {
+        name: {b: {k: round(v, 2) for k, v in t.items()} for b, t in per.items()}
+        for name, per in timings.items()
+    }
+    result["setup"] = {
+        "image_size": [width, height],
+        "repeats": repeats,
+        "warmup": warmup,
+        "netvlad_repeats": netvlad_repeats if netvlad else 0,
+        "superpoint_weights": sp_source,
+        "superpoint_keypoints": sp_keypoints,
+        "supergf_sparse_keypoints": num_keypoints,
+        "supergf_weights": supergf_sources,
+        "supergf_configs": supergf_configs,
+        "torch_threads": torch.get_num_threads(),
+        "onnxruntime_threads": os.environ.get("SUPERGF_ORT_THREADS", "default"),
+        "torch_version": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+    }
+    notes.append(
+        "medians in ms on the CPU; timings include numpy<->tensor conversions and, for SuperPoint, "
+        "the post-processing (NMS, top-k, descriptor sampling); a shared CPU makes them noisy"
+    )
+    result["notes"] = notes
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A readable table of the medians (ms) per model and backend."""
+    rows = [("model", *BACKENDS)]
+    for name, label in (
+        ("superpoint_ms", "SuperPoint (extract)"),
+        ("supergf_dense_ms", "SuperGF-dense"),
+        ("supergf_sparse_ms", f"SuperGF-sparse ({result['setup']['supergf_sparse_keypoints']} kp)"),
+        ("netvlad_ms", "NetVLAD (VGG16, 64 cl.)"),
+    ):
+        if name in result:
+            rows.append((label, *(f"{result[name].get(b, float('nan')):.1f}" for b in BACKENDS)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in rows
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    w, h = result["setup"]["image_size"]
+    lines.insert(
+        0, f"median latency in ms, {w}x{h}, CPU, {result['setup']['torch_threads']} torch threads"
+    )
+    ratio = result["ratio_supergf_sparse_over_superpoint_by_backend"]
+    lines.append(
+        "SuperGF-sparse / SuperPoint: " + ", ".join(f"{b} {v:.3f}" for b, v in ratio.items())
+    )
+    if "ratio_supergf_sparse_over_netvlad_by_backend" in result:
+        r = result["ratio_supergf_sparse_over_netvlad_by_backend"]
+        lines.append(
+            "SuperGF-sparse / NetVLAD:    " + ", ".join(f"{b} {v:.4f}" for b, v in r.items())
+        )
+    lines += [f"note: {n}" for n in result["notes"]]
+    return "\n".join(lines)
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    size = _parse_size(args.size)
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+        os.environ["SUPERGF_ORT_THREADS"] = str(args.threads)  # read by OrtModule
+    result = run_benchmark(
+        size=size,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        netvlad_repeats=args.netvlad_repeats,
+        num_keypoints=args.num_keypoints,
+        superpoint_weights=args.superpoint_weights,
+        backends=backends,
+        netvlad=not args.no_netvlad,
+    )
+    if args.out is not None:
+        _write_json_atomic(args.out, result)
+    if args.json:
+        print(format_table(result), file=sys.stderr)
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result))
+    return 0

@@ -1,0 +1,395 @@
+"""SuperPoint (DeTone, Malisiewicz, Rabinovich, CVPRW 2018): the MagicLeap network and extractor.
+
+`SuperPointNet` is the plain network (export-friendly: no data-dependent control flow);
+`SuperPoint` is the extractor registered as "superpoint": grayscale -> pad to a multiple of 8 ->
+network (PyTorch or ONNX Runtime) -> NMS -> threshold -> border removal -> top-k -> bilinear
+descriptor sampling from the dense map.
+
+Coordinates follow the pixel-centre convention: the centre of the top-left pixel is (0, 0); a
+coarse descriptor cell (i, j) of stride 8 covers pixels 8j .. 8j+7 and its centre is 8j + 3.5.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Extractor, LocalFeatures, file_sha256, to_grayscale
+
+WEIGHTS_ENV = "SUPERGF_SUPERPOINT_WEIGHTS"
+STRIDE = 8
+
+_WEIGHTS_HELP = (
+    "SuperPoint expects the MagicLeap 'superpoint_v1.pth' file (a SuperPointNet state dict with "
+    "keys conv1a ... convDb). Provide it with the extractor option weights=PATH, the environment "
+    f"variable {WEIGHTS_ENV}=PATH, or the command-line option --superpoint-weights PATH. "
+    "Weights are never downloaded automatically."
+)
+
+
+class SuperPointNet(nn.Module):
+    """The MagicLeap SuperPoint network (state-dict keys conv1a ... convDb, 1,300,865 params).
+
+    forward(image): image (B, 1, H, W) float32 in [0, 1], H and W multiples of 8 ->
+        scores (B, H, W): keypoint probability per pixel (softmax over 65 channels, dustbin
+            dropped, depth-to-space);
+        descriptors (B, 256, H/8, W/8): dense descriptors, L2-normalized along channels.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        c1, c2, c3, c4, c5, d1 = 64, 64, 128, 128, 256, 256
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.conv1a = nn.Conv2d(1, c1, kernel_size=3, stride=1, padding=1)
+        self.conv1b = nn.Conv2d(c1, c1, kernel_size=3, stride=1, padding=1)
+        self.conv2a = nn.Conv2d(c1, c2, kernel_size=3, stride=1, padding=1)
+        self.conv2b = nn.Conv2d(c2, c2, kernel_size=3, stride=1, padding=1)
+        self.conv3a = nn.Conv2d(c2, c3, kernel_size=3, stride=1, padding=1)
+        self.conv3b = nn.Conv2d(c3, c3, kernel_size=3, stride=1, padding=1)
+        self.conv4a = nn.Conv2d(c3, c4, kernel_size=3, stride=1, padding=1)
+        self.conv4b = nn.Conv2d(c4, c4, kernel_size=3, stride=1, padding=1)
+        self.convPa = nn.Conv2d(c4, c5, kernel_size=3, stride=1, padding=1)
+        self.convPb = nn.Conv2d(c5, 65, kernel_size=1, stride=1, padding=0)
+        self.convDa = nn.Conv2d(c4, c5, kernel_size=3, stride=1, padding=1)
+        self.convDb = nn.Conv2d(c5, d1, kernel_size=1, stride=1, padding=0)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+            if image.ndim != 4 or image.shape[1] != 1:
+                raise ValueError(f"SuperPointNet expects (B, 1, H, W), got {tuple(image.shape)}")
+            if image.shape[2] % STRIDE or image.shape[3] % STRIDE:
+                raise ValueError(
+                    f"SuperPointNet needs H and W multiples of {STRIDE}, got {tuple(image.shape)}"
+                )
+        x = self.relu(self.conv1a(image))
+        x = self.relu(self.conv1b(x))
+        x = self.pool(x)
+        x = self.relu(self.conv2a(x))
+        x = self.relu(self.conv2b(x))
+        x = self.pool(x)
+        x = self.relu(self.conv3a(x))
+        x = self.relu(self.conv3b(x))
+        x = self.pool(x)
+        x = self.relu(self.conv4a(x))
+        x = self.relu(self.conv4b(x))
+
+        semi = self.convPb(self.relu(self.convPa(x)))  # (B, 65, H/8, W/8)
+        prob = torch.softmax(semi, dim=1)[:, :-1]  # drop the "no keypoint" dustbin
+        scores = F.pixel_shuffle(prob, STRIDE)[:, 0]  # (B, H, W); channel k -> (k // 8, k % 8)
+
+        desc = self.convDb(self.relu(self.convDa(x)))  # (B, 256, H/8, W/8)
+        desc = F.normalize(desc, p=2.0, dim=1)
+        return scores, desc
+
+
+def resolve_weights(weights: str | Path | None) -> Path:
+    """The SuperPoint weights file: conf `weights`, else $SUPERGF_SUPERPOINT_WEIGHTS.
+
+    Raises FileNotFoundError naming where it looked and how to provide the file.
+    """
+    looked: list[str] = []
+    if weights is not None and str(weights) != "":
+        path = Path(weights).expanduser()
+        if path.is_file():
+            return path
+        looked.append(f"option weights={path} (file not found)")
+    else:
+        looked.append("option weights (not set)")
+        env = os.environ.get(WEIGHTS_ENV, "")
+        if env:
+            path = Path(env).expanduser()
+            if path.is_file():
+                return path
+            looked.append(f"${WEIGHTS_ENV}={path} (file not found)")
+        else:
+            looked.append(f"${WEIGHTS_ENV} (not set)")
+    raise FileNotFoundError(
+        "SuperPoint weights not found; looked at: " + "; ".join(looked) + ". " + _WEIGHTS_HELP
+    )
+
+
+def load_superpoint_net(path: str | Path) -> SuperPointNet:
+    """A SuperPointNet in eval mode with the state dict at `path` (torch.load weights_only=True).
+
+    Raises ValueError when the file is not a SuperPointNet state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SuperPoint weights file {path} does not exist. {_WEIGHTS_HELP}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"could not read SuperPoint weights {path} with torch.load(weights_only=True): "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. {_WEIGHTS_HELP}"
+        ) from err
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(
+            f"SuperPoint weights {path} hold a {type(state).__name__}, not a state dict of "
+            f"tensors. {_WEIGHTS_HELP}"
+        )
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    net = SuperPointNet()
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(
+        k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape)
+    )
+    if missing or unexpected or wrong_shape:
+        raise ValueError(
+            f"{path} is not a SuperPointNet state dict: missing keys {missing[:6]}, unexpected "
+            f"keys {unexpected[:6]}, wrong shapes {wrong_shape[:6]}. {_WEIGHTS_HELP}"
+        )
+    net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return net.eval()
+
+
+def _max_pool(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Separable (2r+1)x(2r+1) max filter with stride 1 on (B, H, W) (same result as max_pool2d)."""
+    k = 2 * radius + 1
+    x = F.max_pool2d(x[:, None], kernel_size=(1, k), stride=1, padding=(0, radius))
+    x = F.max_pool2d(x, kernel_size=(k, 1), stride=1, padding=(radius, 0))
+    return x[:, 0]
+
+
+def simple_nms(scores: torch.Tensor, nms_radius: int) -> torch.Tensor:
+    """Max-pool non-maximum suppression of (B, H, W) scores (as in SuperGlue); zeros elsewhere.
+
+    Batched torch version (e.g. for GPU training); the extractor uses `simple_nms_np`.
+    """
+    if nms_radius <= 0:
+        return scores
+    zeros = torch.zeros_like(scores)
+    max_mask = scores == _max_pool(scores, nms_radius)
+    for _ in range(2):
+        supp_mask = _max_pool(max_mask.float(), nms_radius) > 0
+        supp_scores = torch.where(supp_mask, zeros, scores)
+        new_max_mask = supp_scores == _max_pool(supp_scores, nms_radius)
+        max_mask = max_mask | (new_max_mask & (~supp_mask))
+    return torch.where(max_mask, scores, zeros)
+
+
+def simple_nms_np(scores: np.ndarray, nms_radius: int) -> np.ndarray:
+    """`simple_nms` for one (H, W) float32 map with OpenCV dilation (about 100x faster on CPU)."""
+    if nms_radius <= 0:
+        return scores
+    kernel = np.ones((2 * nms_radius + 1, 2 * nms_radius + 1), np.uint8)
+    max_mask = scores == cv2.dilate(scores, kernel)
+    for _ in range(2):
+        supp_mask = cv2.dilate(max_mask.view(np.uint8), kernel).view(bool)
+        supp_scores = np.where(supp_mask, np.float32(0), scores)
+        new_max_mask = supp_scores == cv2.dilate(supp_scores, kernel)
+        max_mask |= new_max_mask & ~supp_mask
+    return np.where(max_mask, scores, np.float32(0))
+
+
+def sample_descriptors(
+    keypoints: torch.Tensor, dense: torch.Tensor, stride: int = STRIDE
+) -> torch.Tensor:
+    """Bilinearly sample L2-normalized descriptors at pixel keypoints from a dense map.
+
+    Args:
+        keypoints: (N, 2) float (x, y) in pixels of the image the map was computed on
+            (pixel-centre convention).
+        dense: (D, h, w) descriptor map with cell (i, j) centred at pixel (stride*j + stride/2 - 0.5,
+            stride*i + stride/2 - 0.5).
+    Returns:
+        (N, D) float32 descriptors, L2-normalized.
+    """
+    d, h, w = dense.shape
+    if keypoints.shape[0] == 0:
+        return dense.new_zeros((0, d))
+    size = torch.tensor([w * stride, h * stride], dtype=keypoints.dtype, device=keypoints.device)
+    grid = (keypoints + 0.5) / size * 2 - 1  # align_corners=False maps this onto cell centres
+    desc = F.grid_sample(
+        dense[None],
+        grid[None, None].to(dense.dtype),
+        mode="bilinear",
+        align_corners=False,
+        padding_mode="border",
+    )  # (1, D, 1, N)
+    return F.normalize(desc[0, :, 0].t(), p=2.0, dim=1)
+
+
+def _resize_for(shape: tuple[int, int], resize_max: int | None) -> tuple[int, int] | None:
+    """(w, h) to resize an (H, W) image to so that max(w, h) = resize_max; None if not needed."""
+    h, w = shape
+    if resize_max is None or resize_max <= 0 or max(h, w) <= resize_max:
+        return None
+    scale = resize_max / max(h, w)
+    return max(round(w * scale), 1), max(round(h * scale), 1)
+
+
+class SuperPoint(Extractor):
+    """SuperPoint keypoints, scores, sparse and dense descriptors (registered as "superpoint").
+
+    Options (`default_conf`):
+        weights: path to MagicLeap `superpoint_v1.pth`; None -> $SUPERGF_SUPERPOINT_WEIGHTS.
+        nms_radius: radius of the max-pool NMS in pixels (0 disables NMS).
+        detection_threshold: minimum keypoint probability.
+        max_keypoints: keep the top-k by score; -1 keeps all.
+        remove_borders: drop keypoints closer than this many pixels to the (resized) image border.
+        resize_max: resize so that the longer edge is at most this (None: no resize). Keypoints
+            are always returned in input-image coordinates.
+        backend: "torch" or "onnxruntime" (network through ONNX Runtime, same post-processing).
+        device: "cpu" or "cuda[:i]" (torch device; with "onnxruntime", "cuda" selects the CUDA
+            execution provider).
+        onnx_cache_dir: where the "onnxruntime" backend caches its exported model (None: default).
+
+    Output `LocalFeatures`: keypoints (N, 2), scores (N,), descriptors (N, 256), dense
+    (256, ceil(h/8), ceil(w/8)) for the processed (resized, padded to a multiple of 8) image, and
+    `extra` with `processed_size` (w, h) before padding and `scale` (sx, sy) = input / processed.
+    """
+
+    name = "superpoint"
+    default_conf: dict[str, Any] = {
+        "weights": None,
+        "nms_radius": 4,
+        "detection_threshold": 0.005,
+        "max_keypoints": 1024,
+        "remove_borders": 4,
+        "resize_max": None,
+        "backend": "torch",
+        "device": "cpu",
+        "onnx_cache_dir": None,
+    }
+
+    def __init__(self, **conf: Any) -> None:
+        super().__init__(**conf)
+        c = self.conf
+        if c["backend"] not in ("torch", "onnxruntime"):
+            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {c['backend']!r}")
+        if int(c["nms_radius"]) < 0:
+            raise ValueError(f"nms_radius must be >= 0, got {c['nms_radius']}")
+        if int(c["max_keypoints"]) == 0 or int(c["max_keypoints"]) < -1:
+            raise ValueError(f"max_keypoints must be -1 (all) or > 0, got {c['max_keypoints']}")
+        if int(c["remove_borders"]) < 0:
+            raise ValueError(f"remove_borders must be >= 0, got {c['remove_borders']}")
+        if c["resize_max"] is not None and int(c["resize_max"]) < 16:
+            raise ValueError(f"resize_max must be None or >= 16, got {c['resize_max']}")
+        self.weights_path = resolve_weights(c["weights"])
+        self.net = load_superpoint_net(self.weights_path)
+        self._sha256: str | None = None
+        try:
+            self.device = torch.device(c["device"])
+        except RuntimeError as err:
+            raise ValueError(f"invalid device {c['device']!r}: {err}") from err
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {c['device']!r} requested but CUDA is not available here")
+        self._ort = None
+        if c["backend"] == "torch":
+            self.net = self.net.to(self.device)
+            # oneDNN convolutions are ~1.5x faster in channels_last on CPU; keep `self.net` plain
+            # (it is what ONNX export and other users see) and run a channels_last copy.
+            self._run_net = copy.deepcopy(self.net).to(memory_format=torch.channels_last)
+        else:
+            self._ort = self._build_ort()
+
+    @property
+    def descriptor_dim(self) -> int:
+        return 256
+
+    @property
+    def weights_sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256 = file_sha256(self.weights_path)
+        return self._sha256
+
+    def identity(self) -> dict[str, Any]:
+        conf = {k: v for k, v in self.conf.items() if k not in ("weights", "onnx_cache_dir")}
+        return {"name": self.name, "config": conf, "weights_sha256": self.weights_sha256}
+
+    def _build_ort(self):
+        from supergf_ros.inference.onnx import OrtModule, cached_export
+
+        example = torch.zeros(1, 1, 64, 96)
+        path = cached_export(
+            self.net,
+            "superpoint",
+            f"{self.weights_sha256}-superpointnet-v1",
+            (example,),
+            input_names=["image"],
+            output_names=["scores", "descriptors"],
+            dynamic_axes={
+                "image": {0: "batch", 2: "height", 3: "width"},
+                "scores": {0: "batch", 1: "height", 2: "width"},
+                "descriptors": {0: "batch", 2: "height_8", 3: "width_8"},
+            },
+            cache_dir=None
+            if self.conf["onnx_cache_dir"] is None
+            else Path(self.conf["onnx_cache_dir"]),
+        )
+        providers = ["CPUExecutionProvider"]
+        if self.device.type == "cuda":
+            providers = ["CUDAExecutionProvider", *providers]
+        return OrtModule(path, providers=providers)
+
+    def run_network(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores (B, H, W), dense (B, 256, H/8, W/8)) for a (B, 1, H, W) [0, 1] batch."""
+        if self._ort is not None:
+            scores, dense = self._ort(np.ascontiguousarray(image.cpu().numpy(), np.float32))
+            return torch.from_numpy(scores), torch.from_numpy(dense)
+        with torch.inference_mode():
+            x = image.to(self.device).contiguous(memory_format=torch.channels_last)
+            return self._run_net(x)
+
+    def _extract(self, image: np.ndarray) -> LocalFeatures:
+        c = self.conf
+        gray = to_grayscale(image)
+        in_h, in_w = gray.shape
+        new_size = _resize_for((in_h, in_w), c["resize_max"])
+        if new_size is not None:
+            gray = cv2.resize(gray, new_size, interpolation=cv2.INTER_AREA)
+        h, w = gray.shape
+        pad_h, pad_w = (-h) % STRIDE, (-w) % STRIDE
+
+        with torch.inference_mode():
+            x = torch.from_numpy(gray).to(torch.float32).div_(255.0)[None, None]
+            if pad_h or pad_w:  # replicate-pad right/bottom; the padded area is ignored below
+                x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+            scores, dense = self.run_network(x)
+            scores = scores[0, :h, :w].to("cpu", torch.float32).numpy()
+            dense = dense[0].to("cpu", torch.float32).contiguous()
+
+        scores = simple_nms_np(np.ascontiguousarray(scores), int(c["nms_radius"]))
+        b = int(c["remove_borders"])
+        if b > 0:
+            scores[:b] = 0
+            scores[-b:] = 0
+            scores[:, :b] = 0
+            scores[:, -b:] = 0
+        rows, cols = np.nonzero(scores > float(c["detection_threshold"]))
+        kp_scores = scores[rows, cols]
+        k = int(c["max_keypoints"])
+        if 0 < k < kp_scores.shape[0]:
+            top = np.argpartition(-kp_scores, k - 1)[:k]
+            rows, cols, kp_scores = rows[top], cols[top], kp_scores[top]
+        order = np.argsort(-kp_scores, kind="stable")
+        keypoints = np.stack([cols[order], rows[order]], axis=1).astype(np.float32)
+        kp_scores = kp_scores[order]
+        with torch.inference_mode():
+            descriptors = sample_descriptors(torch.from_numpy(keypoints), dense).numpy()
+
+        scale = (in_w / w, in_h / h)
+        if new_size is not None:
+            keypoints = (keypoints + 0.5) * np.array(scale, dtype=np.float32) - 0.5
+        return LocalFeatures(
+            keypoints=np.ascontiguousarray(keypoints, dtype=np.float32),
+            scores=kp_scores.astype(np.float32, copy=False),
+            descriptors=descriptors.astype(np.float32, copy=False),
+            dense=dense.numpy(),
+            image_size=(in_w, in_h),
+            extra={"processed_size": (w, h), "scale": scale},
+        )

@@ -1,0 +1,155 @@
+"""Vectorized descriptor matching shared by localization, retrieval re-ranking and training.
+
+Descriptors are expected L2-normalized (as every extractor here returns them), so similarities
+are dot products and Euclidean distances follow as sqrt(2 - 2 * similarity).
+"""
+
+from __future__ import annotations
+
+from typing import Any, overload
+
+import numpy as np
+
+try:  # torch is a hard dependency of the package, but keep this module importable without it
+    import torch
+except ImportError:  # pragma: no cover
+    torch = None
+
+
+def _is_torch(x: Any) -> bool:
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _check(desc: Any, name: str) -> None:
+    if desc.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, D), got {tuple(desc.shape)}")
+    if _is_torch(desc):
+        if not desc.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {desc.dtype}")
+        finite = bool(torch.isfinite(desc).all())
+    else:
+        if not np.issubdtype(desc.dtype, np.floating):
+            raise ValueError(f"{name} must be a floating-point array, got {desc.dtype}")
+        finite = bool(np.isfinite(desc).all())
+    if not finite:
+        raise ValueError(f"{name} contain NaN or infinite values")
+
+
+@overload
+def match_mutual_nn(
+    desc0: np.ndarray,
+    desc1: np.ndarray,
+    ratio_threshold: float | None = ...,
+    distance_threshold: float | None = ...,
+) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def match_mutual_nn(
+    desc0: torch.Tensor,
+    desc1: torch.Tensor,
+    ratio_threshold: float | None = ...,
+    distance_threshold: float | None = ...,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+def match_mutual_nn(desc0, desc1, ratio_threshold=None, distance_threshold=None):
+    """Mutual nearest-neighbour matches between two sets of unit descriptors.
+
+    Args:
+        desc0: (N, D) descriptors of image 0, L2-normalized, float16/32/64; numpy or torch.
+        desc1: (M, D) descriptors of image 1, same type and D.
+        ratio_threshold: keep a match only if dist(1st NN) <= ratio * dist(2nd NN) for image 0's
+            query (Lowe's ratio test on Euclidean distances, as hloc); None disables.
+        distance_threshold: keep a match only if its Euclidean distance is <= this; None disables.
+    Returns:
+        matches: (K, 2) int64 index pairs (i in desc0, j in desc1), sorted by i;
+        similarities: (K,) float32 dot products of the matched descriptors.
+        numpy in -> numpy out; torch in -> torch out (on the inputs' device).
+    Raises:
+        ValueError: wrong shapes/dtypes, mismatched D, NaN/inf values or bad thresholds.
+    """
+    if _is_torch(desc0) != _is_torch(desc1):
+        raise ValueError("desc0 and desc1 must both be numpy arrays or both be torch tensors")
+    as_torch = _is_torch(desc0)
+    if as_torch and desc0.device.type == "cpu" and desc1.device.type == "cpu":
+        # numpy's reductions are much faster than torch's on CPU here; fp32 inputs are shared
+        desc0, desc1 = (_cpu_to_numpy(d) for d in (desc0, desc1))
+    elif not as_torch:
+        desc0, desc1 = np.asarray(desc0), np.asarray(desc1)
+    _check(desc0, "desc0")
+    _check(desc1, "desc1")
+    if desc0.shape[1] != desc1.shape[1]:
+        raise ValueError(
+            f"descriptor dimensions differ: desc0 is {tuple(desc0.shape)}, desc1 is "
+            f"{tuple(desc1.shape)}"
+        )
+    if ratio_threshold is not None and not 0.0 < ratio_threshold <= 1.0:
+        raise ValueError(f"ratio_threshold must be in (0, 1] or None, got {ratio_threshold}")
+    if distance_threshold is not None and not distance_threshold >= 0.0:
+        raise ValueError(f"distance_threshold must be >= 0 or None, got {distance_threshold}")
+    if _is_torch(desc0):  # on an accelerator
+        return _match_torch(desc0, desc1, ratio_threshold, distance_threshold)
+    matches, sims = _match_numpy(desc0, desc1, ratio_threshold, distance_threshold)
+    if as_torch:
+        return torch.from_numpy(matches), torch.from_numpy(sims)
+    return matches, sims
+
+
+def _cpu_to_numpy(desc: torch.Tensor) -> np.ndarray:
+    desc = desc.detach()
+    if desc.is_floating_point() and desc.dtype not in (torch.float16, torch.float32, torch.float64):
+        desc = desc.float()  # e.g. bfloat16, which numpy lacks
+    return desc.numpy()
+
+
+def _match_numpy(d0, d1, ratio, dist):
+    n, m = d0.shape[0], d1.shape[0]
+    if n == 0 or m == 0:
+        return np.zeros((0, 2), np.int64), np.zeros((0,), np.float32)
+    sim = d0.astype(np.float32, copy=False) @ d1.astype(np.float32, copy=False).T
+    nn01 = sim.argmax(axis=1)
+    idx0 = np.arange(n)
+    sim_nn = sim[idx0, nn01]
+    # mutual: i is (one of) the best for its match j. Column max is ~50x faster than a
+    # column argmax on a C-ordered matrix; ties are resolved below to the smallest i (as argmax).
+    keep = sim_nn >= sim.max(axis=0)[nn01]
+    if dist is not None:
+        keep &= 2.0 - 2.0 * sim_nn <= dist**2
+    rows = np.flatnonzero(keep)
+    _, first = np.unique(nn01[rows], return_index=True)
+    if len(first) < len(rows):  # several i tie for the same j: keep the first
+        keep[:] = False
+        keep[rows[first]] = True
+        rows = np.flatnonzero(keep)
+    if ratio is not None and m >= 2:
+        sub = sim[rows]  # second neighbours only for the surviving candidates
+        sub[np.arange(len(rows)), nn01[rows]] = -np.inf
+        second = sub.max(axis=1)
+        # squared distances 2 - 2 s: d1 <= r d2  <=>  (1 - s1) <= r^2 (1 - s2)
+        keep[rows] = (1.0 - sim_nn[rows]) <= (ratio**2) * (1.0 - second)
+    i = idx0[keep]
+    matches = np.stack([i, nn01[keep]], axis=1).astype(np.int64)
+    return matches, sim_nn[keep].astype(np.float32)
+
+
+def _match_torch(d0, d1, ratio, dist):
+    n, m = d0.shape[0], d1.shape[0]
+    dev = d0.device
+    if n == 0 or m == 0:
+        return (
+            torch.zeros((0, 2), dtype=torch.int64, device=dev),
+            torch.zeros((0,), dtype=torch.float32, device=dev),
+        )
+    with torch.no_grad():
+        sim = d0.float() @ d1.float().t()
+        if ratio is not None and m >= 2:
+            top, nn = sim.topk(2, dim=1)
+            sim_nn, nn01 = top[:, 0], nn[:, 0]
+        else:
+            sim_nn, nn01 = sim.max(dim=1)
+        nn10 = sim.argmax(dim=0)
+        idx0 = torch.arange(n, device=dev)
+        keep = nn10[nn01] == idx0
+        if ratio is not None and m >= 2:
+            keep &= (1.0 - sim_nn) <= (ratio**2) * (1.0 - top[:, 1])
+        if dist is not None:
+            keep &= 2.0 - 2.0 * sim_nn <= dist**2
+        matches = torch.stack([idx0[keep], nn01[keep]], dim=1)
+        return matches, sim_nn[keep].float()

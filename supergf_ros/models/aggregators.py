@@ -1,0 +1,474 @@
+"""Global descriptors over `LocalFeatures`, numpy in / numpy out, behind one interface.
+
+`create_aggregator(name, **conf)` builds one of:
+- "supergf-sparse", "supergf-dense": the learned SuperGF models (weights=PATH or the shipped
+  checkpoint; backend "torch" or "onnxruntime");
+- "vlad": training-free VLAD with a k-means codebook fitted on the map's local descriptors;
+- "gem": training-free generalized-mean pooling of the dense local descriptor map.
+
+Every aggregator returns (dim,) float32 vectors of unit L2 norm. Features with no keypoints give a
+defined vector (SuperGF: the model's output for an empty set; VLAD/GeM: a constant unit vector).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..features.base import LocalFeatures
+from .checkpoint import default_weights_path
+
+FEATURE_DIMS = {"superpoint": 256, "sift": 128}
+COMMON_CONF: dict[str, Any] = {"features": "superpoint", "input_dim": None}
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norm = float(np.linalg.norm(x))
+    if not np.isfinite(norm) or norm < 1e-12:
+        return np.full(x.shape, 1.0 / np.sqrt(x.size), dtype=np.float32)
+    return x / norm
+
+
+def _sha256_arrays(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for a in arrays:
+        digest.update(np.ascontiguousarray(a).tobytes())
+    return digest.hexdigest()
+
+
+class GlobalAggregator:
+    """Base class: turns the local features of one image into a global descriptor."""
+
+    name: ClassVar[str] = ""
+    default_conf: ClassVar[dict[str, Any]] = {}
+    needs_fit: ClassVar[bool] = False
+    dim: int
+
+    def __init__(self, **conf: Any) -> None:
+        valid = {**COMMON_CONF, **self.default_conf}
+        unknown = set(conf) - set(valid)
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) for global descriptor '{self.name}': {sorted(unknown)}; "
+                f"valid: {sorted(valid)}"
+            )
+        self.conf = {**valid, **conf}
+        features = self.conf["features"]
+        if self.conf["input_dim"] is None:
+            if features not in FEATURE_DIMS:
+                raise ValueError(
+                    f"unknown local features '{features}'; choose one of {sorted(FEATURE_DIMS)} "
+                    "or give input_dim"
+                )
+            self.conf["input_dim"] = FEATURE_DIMS[features]
+        self.input_dim = int(self.conf["input_dim"])
+
+    def fit(self, features: list[LocalFeatures]) -> None:
+        """Learn what the aggregator needs from the map's features (no-op unless `needs_fit`)."""
+
+    def __call__(self, features: LocalFeatures) -> np.ndarray:
+        """(dim,) float32 global descriptor of unit L2 norm."""
+        return self.batch([features])[0]
+
+    def batch(self, features: list[LocalFeatures]) -> np.ndarray:
+        """(B, dim) float32 descriptors for a list of feature sets."""
+        if not features:
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([self._single(self._check(f)) for f in features])
+
+    def _single(self, features: LocalFeatures) -> np.ndarray:
+        raise NotImplementedError
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays to persist beside the descriptors (e.g. the VLAD codebook)."""
+        return {}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what `state()` returned."""
+
+    def _weights_sha256(self) -> str:
+        return ""
+
+    def identity(self) -> dict[str, Any]:
+        """{"name", "config", "weights_sha256"}: what a map must match to be compatible."""
+        config = {k: v for k, v in self.conf.items() if k in self._identity_keys()}
+        return {
+            "name": self.name,
+            "config": json.loads(json.dumps(config, default=str)),
+            "weights_sha256": self._weights_sha256(),
+        }
+
+    def _identity_keys(self) -> set[str]:
+        return set(COMMON_CONF) | set(self.default_conf)
+
+    def _check(self, features: LocalFeatures) -> LocalFeatures:
+        if not isinstance(features, LocalFeatures):
+            raise ValueError(f"expected LocalFeatures, got {type(features).__name__}")
+        features.validate()
+        d = features.descriptors.shape[1]
+        if len(features) and d != self.input_dim:
+            raise ValueError(
+                f"global descriptor '{self.name}' expects {self.input_dim}-D local descriptors "
+                f"({self.conf['features']}), got {d}-D (features from another extractor?)"
+            )
+        if features.dense is not None and features.dense.shape[0] != self.input_dim:
+            raise ValueError(
+                f"global descriptor '{self.name}' expects a {self.input_dim}-channel dense map, "
+                f"got {features.dense.shape[0]} channels"
+            )
+        return features
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(dim={self.dim}, conf={self.conf})"
+
+
+class SuperGFAggregator(GlobalAggregator):
+    """SuperGF dense or sparse model as a global aggregator (PyTorch or ONNX Runtime)."""
+
+    variant: ClassVar[str] = ""
+    default_conf: ClassVar[dict[str, Any]] = {
+        "weights": None,  # checkpoint path; None -> the shipped default for `features`
+        "backend": "torch",  # "torch" | "onnxruntime"
+        "device": "cpu",
+        "onnx_cache_dir": None,
+        "model": None,  # an in-memory SuperGF model instead of a checkpoint (training, tests)
+    }
+
+    def __init__(self, **conf: Any) -> None:
+        super().__init__(**conf)
+        import torch  # noqa: F401  (fail early and clearly if torch is missing)
+
+        from .checkpoint import load_checkpoint, model_key
+
+        c = self.conf
+        if c["backend"] not in ("torch", "onnxruntime"):
+            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {c['backend']!r}")
+        if c["model"] is not None:
+            self.model = c["model"].eval()
+            if self.model.name != self.name:
+                raise ValueError(f"model is a '{self.model.name}', expected '{self.name}'")
+            self.weights_sha256 = model_key(self.model)
+            self.weights_path = None
+        else:
+            path = Path(c["weights"]) if c["weights"] else None
+            if path is None:
+                path = default_weights_path(self.variant, c["features"])
+                if not path.is_file():
+                    raise FileNotFoundError(
+                        f"no trained {self.name} weights for {c['features']} features at {path}. "
+                        f"Train them with `supergf-ros train` and place the checkpoint there, or "
+                        f"pass weights=PATH (--supergf-weights PATH); the training-free 'vlad' and "
+                        f"'gem' global descriptors work without weights."
+                    )
+            self.model, info = load_checkpoint(path, expected_model=self.name)
+            self.weights_sha256 = info["weights_sha256"]
+            self.weights_path = path
+        model_dim = int(self.model.conf["input_dim"])
+        if conf.get("input_dim") is not None and int(conf["input_dim"]) != model_dim:
+            raise ValueError(
+                f"input_dim={conf['input_dim']} does not match the model's input_dim {model_dim}"
+            )
+        if "features" in conf and FEATURE_DIMS.get(conf["features"], model_dim) != model_dim:
+            raise ValueError(
+                f"the {self.name} weights take {model_dim}-D local descriptors, but features="
+                f"'{conf['features']}' gives {FEATURE_DIMS[conf['features']]}-D; use weights "
+                f"trained for {conf['features']}"
+            )
+        self.input_dim = model_dim
+        self.conf["input_dim"] = model_dim
+        if "features" not in conf:  # name the features the weights were made for
+            by_dim = {d: f for f, d in FEATURE_DIMS.items()}
+            self.conf["features"] = by_dim.get(model_dim, self.conf["features"])
+        self.dim = self.model.dim
+        self._ort = None
+        if c["backend"] == "onnxruntime":
+            from ..inference.onnx import OrtModule
+            from .checkpoint import cached_model_onnx
+
+            self.model = self.model.cpu()
+            self._ort = OrtModule(
+                cached_model_onnx(self.model, self.weights_sha256, c["onnx_cache_dir"])
+            )
+        else:
+            self.model = self.model.to(c["device"])
+
+    def _identity_keys(self) -> set[str]:
+        return {"features"}
+
+    def identity(self) -> dict[str, Any]:
+        ident = super().identity()
+        ident["config"]["model"] = json.loads(json.dumps(self.model.conf))
+        return ident
+
+    def _weights_sha256(self) -> str:
+        return self.weights_sha256
+
+    def _run(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+        """First output of the model for positional numpy inputs."""
+        if self._ort is not None:
+            return self._ort(*inputs)[0]
+        import torch
+
+        device = self.conf["device"]
+        with torch.inference_mode():
+            tensors = {
+                k: torch.from_numpy(np.ascontiguousarray(v)).to(device)
+                for k, v in zip(self.model.input_names, inputs)
+            }
+            out = self.model(tensors)["global_descriptor"]
+        return out.float().cpu().numpy()
+
+
+class SuperGFSparseAggregator(SuperGFAggregator):
+    """SuperGF-sparse over keypoints, scores and descriptors; batches are padded and masked."""
+
+    name = "supergf-sparse"
+    variant = "sparse"
+
+    max_batch: ClassVar[int] = 32
+
+    def batch(self, features: list[LocalFeatures]) -> np.ndarray:
+        if len(features) > self.max_batch:
+            return np.concatenate(
+                [
+                    self.batch(features[i : i + self.max_batch])
+                    for i in range(0, len(features), self.max_batch)
+                ]
+            )
+        if not features:
+            return np.zeros((0, self.dim), np.float32)
+        features = [self._check(f) for f in features]
+        for f in features:
+            if min(f.image_size) <= 0:
+                raise ValueError(
+                    f"supergf-sparse needs LocalFeatures.image_size (width, height), got {f.image_size}"
+                )
+        b, n = len(features), max(1, max(len(f) for f in features))  # N >= 1: pad empty sets
+        kpts = np.zeros((b, n, 2), np.float32)
+        desc = np.zeros((b, n, self.input_dim), np.float32)
+        scores = np.zeros((b, n), np.float32)
+        mask = np.zeros((b, n), bool)
+        size = np.array([f.image_size for f in features], np.float32)
+        for i, f in enumerate(features):
+            k = len(f)
+            kpts[i, :k], desc[i, :k], scores[i, :k], mask[i, :k] = (
+                f.keypoints,
+                f.descriptors,
+                f.scores,
+                True,
+            )
+        return self._run((kpts, desc, scores, size, mask)).astype(np.float32, copy=False)
+
+
+class SuperGFDenseAggregator(SuperGFAggregator):
+    """SuperGF-dense over the dense local descriptor map; same-size maps are batched together."""
+
+    name = "supergf-dense"
+    variant = "dense"
+    max_batch: ClassVar[int] = 4
+
+    def batch(self, features: list[LocalFeatures]) -> np.ndarray:
+        if not features:
+            return np.zeros((0, self.dim), np.float32)
+        features = [self._check(f) for f in features]
+        for f in features:
+            if f.dense is None:
+                raise ValueError(
+                    "supergf-dense needs a dense descriptor map (LocalFeatures.dense); this "
+                    "extractor returned none (use SuperPoint or dense SIFT)"
+                )
+        out = np.zeros((len(features), self.dim), np.float32)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, f in enumerate(features):
+            groups.setdefault(f.dense.shape, []).append(i)
+        for idx in groups.values():
+            for start in range(0, len(idx), self.max_batch):  # bounded attention memory
+                chunk = idx[start : start + self.max_batch]
+                dense = np.stack([features[i].dense for i in chunk]).astype(np.float32, copy=False)
+                out[chunk] = self._run((dense,))
+        return out
+
+
+class VLADAggregator(GlobalAggregator):
+    """Training-free VLAD: hard assignment to a k-means codebook fitted on the map's descriptors,
+    residual sums, signed power normalization, intra-normalization per cluster, global L2."""
+
+    name = "vlad"
+    needs_fit = True
+    default_conf: ClassVar[dict[str, Any]] = {
+        "num_clusters": 64,
+        "kmeans_iterations": 25,
+        "max_training_descriptors": 50_000,
+        "power": 0.5,  # signed power normalization exponent (1 disables)
+        "seed": 0,
+    }
+
+    def __init__(self, **conf: Any) -> None:
+        super().__init__(**conf)
+        if int(self.conf["num_clusters"]) < 1:
+            raise ValueError(f"num_clusters must be >= 1, got {self.conf['num_clusters']}")
+        self.num_clusters = int(self.conf["num_clusters"])
+        self.dim = self.num_clusters * self.input_dim
+        self.centroids: np.ndarray | None = None
+
+    def fit(self, features: list[LocalFeatures]) -> None:
+        """k-means codebook from the local descriptors of `features` (subsampled, seeded)."""
+        descs = [self._check(f).descriptors for f in features if len(f)]
+        total = sum(len(d) for d in descs)
+        if total < self.num_clusters:
+            raise ValueError(
+                f"VLAD needs at least num_clusters={self.num_clusters} local descriptors to fit "
+                f"its codebook, got {total} from {len(features)} images"
+            )
+        x = np.concatenate(descs).astype(np.float32)
+        rng = np.random.default_rng(int(self.conf["seed"]))
+        limit = int(self.conf["max_training_descriptors"])
+        if len(x) > limit:
+            x = x[rng.choice(len(x), limit, replace=False)]
+        self.centroids = _kmeans(x, self.num_clusters, int(self.conf["kmeans_iterations"]), rng)
+
+    def _single(self, features: LocalFeatures) -> np.ndarray:
+        if self.centroids is None:
+            raise ValueError("VLAD codebook not fitted: call fit(map features) or load_state()")
+        if not len(features):
+            return _unit(np.zeros(self.dim, np.float32))
+        x = features.descriptors.astype(np.float32)
+        c = self.centroids
+        assign = np.argmin((c * c).sum(1)[None] - 2.0 * x @ c.T, axis=1)
+        vlad = _cluster_sums(x - c[assign], assign, len(c))
+        p = float(self.conf["power"])
+        if p != 1.0:
+            vlad = np.sign(vlad) * np.abs(vlad) ** p
+        vlad /= np.maximum(np.linalg.norm(vlad, axis=1, keepdims=True), 1e-12)  # intra-norm
+        return _unit(vlad.reshape(-1))
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {} if self.centroids is None else {"vlad_centroids": self.centroids.copy()}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        if "vlad_centroids" not in state:
+            raise ValueError(f"VLAD state needs 'vlad_centroids', got keys {sorted(state)}")
+        c = np.asarray(state["vlad_centroids"], dtype=np.float32)
+        if c.shape != (self.num_clusters, self.input_dim) or not np.isfinite(c).all():
+            raise ValueError(
+                f"VLAD codebook must be finite with shape ({self.num_clusters}, {self.input_dim}), "
+                f"got {c.shape}"
+            )
+        self.centroids = c
+
+    def _weights_sha256(self) -> str:
+        return "" if self.centroids is None else _sha256_arrays(self.centroids)
+
+
+def _cluster_sums(x: np.ndarray, assign: np.ndarray, k: int) -> np.ndarray:
+    """(k, D) sums of the rows of `x` per cluster index in `assign` (a sparse one-hot product)."""
+    from scipy.sparse import csr_matrix
+
+    onehot = csr_matrix(
+        (np.ones(len(assign), np.float32), (assign, np.arange(len(assign)))), shape=(k, len(x))
+    )
+    return np.asarray(onehot @ x, dtype=np.float32)
+
+
+def _kmeans(x: np.ndarray, k: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
+    """Seeded k-means (k-means++ init, Lloyd iterations); empty clusters are re-seeded."""
+    n = len(x)
+    sq = (x * x).sum(1)
+    centroids = [x[rng.integers(n)]]
+    dist = np.full(n, np.inf, np.float32)
+    for _ in range(1, k):
+        c = centroids[-1]
+        dist = np.minimum(dist, sq - 2.0 * x @ c + c @ c)
+        probs = np.clip(dist, 0, None).astype(np.float64)
+        total = probs.sum()
+        centroids.append(x[rng.choice(n, p=probs / total)] if total > 0 else x[rng.integers(n)])
+    c = np.stack(centroids).astype(np.float32)
+    for _ in range(iterations):
+        assign = np.argmin((c * c).sum(1)[None] - 2.0 * x @ c.T, axis=1)
+        counts = np.bincount(assign, minlength=k)
+        sums = _cluster_sums(x, assign, k)
+        empty = counts == 0
+        c = np.where(empty[:, None], c, sums / np.maximum(counts, 1)[:, None])
+        if empty.any():
+            c[empty] = x[rng.choice(n, int(empty.sum()), replace=False)]
+    return c.astype(np.float32)
+
+
+class GeMAggregator(GlobalAggregator):
+    """Training-free GeM over the dense local descriptor map (or the sparse descriptors).
+
+    With `signed=True` the positive and negative parts are pooled separately and concatenated
+    (dim 2D), which keeps the sign information of SuperPoint descriptors.
+    """
+
+    name = "gem"
+    default_conf: ClassVar[dict[str, Any]] = {
+        "p": 3.0,
+        "signed": True,
+        "source": "auto",  # "dense" | "sparse" | "auto" (dense map if present, else sparse)
+    }
+
+    def __init__(self, **conf: Any) -> None:
+        super().__init__(**conf)
+        if self.conf["source"] not in ("auto", "dense", "sparse"):
+            raise ValueError(f"source must be auto, dense or sparse, got {self.conf['source']!r}")
+        if float(self.conf["p"]) <= 0:
+            raise ValueError(f"GeM exponent p must be > 0, got {self.conf['p']}")
+        self.dim = self.input_dim * (2 if self.conf["signed"] else 1)
+
+    def _single(self, features: LocalFeatures) -> np.ndarray:
+        source = self.conf["source"]
+        if source == "dense" and features.dense is None:
+            raise ValueError("gem with source='dense' needs LocalFeatures.dense (a dense map)")
+        if source != "sparse" and features.dense is not None:
+            x = features.dense.reshape(features.dense.shape[0], -1).T
+        else:
+            x = features.descriptors
+        if len(x) == 0:
+            return _unit(np.zeros(self.dim, np.float32))
+        x = x.astype(np.float32)
+        p = float(self.conf["p"])
+
+        def gem(v: np.ndarray) -> np.ndarray:
+            return np.mean(np.clip(v, 1e-6, None) ** p, axis=0) ** (1.0 / p)
+
+        parts = [gem(x), gem(-x)] if self.conf["signed"] else [gem(x)]
+        return _unit(np.concatenate(parts))
+
+
+AGGREGATORS: dict[str, type[GlobalAggregator]] = {
+    "supergf-sparse": SuperGFSparseAggregator,
+    "supergf-dense": SuperGFDenseAggregator,
+    "vlad": VLADAggregator,
+    "gem": GeMAggregator,
+}
+
+
+def create_aggregator(name: str, **conf: Any) -> GlobalAggregator:
+    """Build a global aggregator by name: supergf-sparse, supergf-dense, vlad, gem.
+
+    Common options: features ("superpoint" | "sift"), input_dim (overrides the features' dim).
+    SuperGF: weights (path; default the shipped checkpoint), backend ("torch" | "onnxruntime"),
+    device, onnx_cache_dir, model (in-memory model). VLAD: num_clusters, kmeans_iterations,
+    max_training_descriptors, power, seed. GeM: p, signed, source.
+    """
+    if name not in AGGREGATORS:
+        raise ValueError(f"unknown global descriptor '{name}'; choose one of {sorted(AGGREGATORS)}")
+    return AGGREGATORS[name](**conf)
+
+
+def available_global_descriptors(features: str = "superpoint") -> list[str]:
+    """Global descriptors usable with `features`, best first (SuperGF only if weights ship)."""
+    if features not in FEATURE_DIMS:
+        raise ValueError(
+            f"unknown local features '{features}'; choose one of {sorted(FEATURE_DIMS)}"
+        )
+    names = [
+        f"supergf-{v}" for v in ("sparse", "dense") if default_weights_path(v, features).is_file()
+    ]
+    return [*names, "vlad", "gem"]

@@ -1,0 +1,207 @@
+"""Build SuperGF models from a config; self-describing checkpoints (config beside the weights).
+
+Checkpoint layout (a plain dict, loadable with `torch.load(weights_only=True)`):
+    {"format_version": 1, "model": "supergf-dense" | "supergf-sparse", "config": {...},
+     "state_dict": {...}, "extra": {...}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .supergf import MODELS, SuperGFBase
+
+FORMAT_VERSION = 1
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+FEATURES = ("superpoint", "sift")
+
+
+def _variant(name: str) -> str:
+    short = name.removeprefix("supergf-").removeprefix("supergf_")
+    if short not in ("dense", "sparse"):
+        raise ValueError(f"unknown SuperGF variant '{name}'; use 'dense' or 'sparse'")
+    return short
+
+
+def default_weights_path(variant: str, features: str = "superpoint") -> Path:
+    """Shipped checkpoint location: supergf_ros/weights/supergf_{dense|sparse}_{features}.pt."""
+    if features not in FEATURES:
+        raise ValueError(f"unknown local features '{features}'; choose one of {list(FEATURES)}")
+    return WEIGHTS_DIR / f"supergf_{_variant(variant)}_{features}.pt"
+
+
+def build_model(name: str, config: dict[str, Any] | None = None) -> SuperGFBase:
+    """A freshly initialized model by name ('supergf-dense' or 'supergf-sparse'; 'dense'/'sparse')."""
+    key = f"supergf-{_variant(name)}"
+    return MODELS[key](config)
+
+
+def _plain(value: Any) -> Any:
+    """Config values as types the weights-only unpickler accepts (tuples -> lists)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    raise ValueError(f"checkpoint values must be plain Python data or tensors, got {type(value)}")
+
+
+def save_checkpoint(
+    path: str | Path, model: SuperGFBase, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write `model` (config + fp32 state dict + `extra`) atomically to `path`; return the path.
+
+    `extra` may hold plain data and tensors (e.g. training step, metrics, optimizer state dicts).
+    """
+    if not isinstance(model, SuperGFBase):
+        raise ValueError(f"save_checkpoint expects a SuperGF model, got {type(model).__name__}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "model": model.name,
+        "config": _plain(model.conf),
+        "state_dict": state,
+        "extra": _plain(extra or {}),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint(
+    path: str | Path, expected_model: str | None = None, map_location: str = "cpu"
+) -> tuple[SuperGFBase, dict[str, Any]]:
+    """Load a checkpoint written by `save_checkpoint`; return (model in eval mode, info).
+
+    info: {"model", "config", "extra", "format_version", "path", "weights_sha256"}.
+    Raises FileNotFoundError for a missing file, ValueError for corrupt, foreign or mismatched
+    files (e.g. a dense checkpoint where `expected_model='supergf-sparse'`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"SuperGF checkpoint not found: {path}. Train one with `supergf-ros train` "
+            "or pass the path of an existing checkpoint."
+        )
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated zip, pickle with forbidden globals, ...
+        raise ValueError(
+            f"cannot read SuperGF checkpoint {path} (corrupt or not a checkpoint): {err}"
+        ) from err
+    if not isinstance(ckpt, dict) or not {"model", "config", "state_dict"} <= set(ckpt):
+        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(
+            f"{path} is not a SuperGF checkpoint (expected keys model, config, state_dict; got {keys})"
+        )
+    version = ckpt.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has checkpoint format_version {version}; this version reads {FORMAT_VERSION}"
+        )
+    name = ckpt["model"]
+    if name not in MODELS:
+        raise ValueError(f"{path} holds unknown model '{name}'; known: {sorted(MODELS)}")
+    if expected_model is not None and name != f"supergf-{_variant(expected_model)}":
+        raise ValueError(f"{path} holds a '{name}' model, but '{expected_model}' was requested")
+    model = MODELS[name](ckpt["config"])
+    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: state dict does not match the '{name}' config (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
+    model.eval()
+    info = {
+        "model": name,
+        "config": dict(model.conf),
+        "extra": ckpt.get("extra", {}),
+        "format_version": version,
+        "path": str(path),
+        "weights_sha256": _sha256(path),
+    }
+    return model, info
+
+
+def model_key(model: SuperGFBase, weights_sha256: str = "") -> str:
+    """Hash of model name + config + weights (file hash if given, else the parameters)."""
+    digest = hashlib.sha256()
+    digest.update(model.name.encode())
+    digest.update(json.dumps(_plain(model.conf), sort_keys=True).encode())
+    if weights_sha256:
+        digest.update(weights_sha256.encode())
+    else:
+        for k, v in sorted(model.state_dict().items()):
+            digest.update(k.encode())
+            digest.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def export_model_onnx(model: SuperGFBase, path: str | Path, opset: int = 17) -> Path:
+    """Export a SuperGF model to ONNX with dynamic batch and image/token size or keypoint count."""
+    from ..inference.onnx import export_onnx
+
+    return export_onnx(
+        _Positional(model),
+        model.example_inputs(),
+        path,
+        input_names=list(model.input_names),
+        output_names=list(model.output_names),
+        dynamic_axes=dict(model.dynamic_axes),
+        opset=opset,
+    )
+
+
+def cached_model_onnx(
+    model: SuperGFBase, weights_sha256: str = "", cache_dir: str | Path | None = None
+) -> Path:
+    """Export once per (model, config, weights) into the ONNX cache; return the .onnx path."""
+    from ..inference.onnx import cached_export
+
+    return cached_export(
+        _Positional(model),
+        model.name,
+        model_key(model, weights_sha256),
+        model.example_inputs(),
+        input_names=list(model.input_names),
+        output_names=list(model.output_names),
+        dynamic_axes=dict(model.dynamic_axes),
+        cache_dir=cache_dir,
+    )
+
+
+class _Positional(torch.nn.Module):
+    """Positional-argument view of a dict-in/dict-out model, for ONNX export."""
+
+    def __init__(self, model: SuperGFBase) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.model.forward_positional(*inputs)
