@@ -243,9 +243,11 @@ class SuperPoint(Extractor):
         remove_borders: drop keypoints closer than this many pixels to the (resized) image border.
         resize_max: resize so that the longer edge is at most this (None: no resize). Keypoints
             are always returned in input-image coordinates.
-        backend: "torch" or "onnxruntime" (network through ONNX Runtime, same post-processing).
-        device: "cpu" or "cuda[:i]" (torch device; with "onnxruntime", "cuda" selects the CUDA
-            execution provider).
+        backend: "torch", "onnxruntime" (network through ONNX Runtime, same post-processing),
+            "tensorrt" (cached engine, see supergf_ros.inference) or "auto" (best available,
+            see `supergf_ros.inference.backends.select_backend`).
+        device: "cpu", "cuda[:i]" or "auto" (torch device; with "onnxruntime", "cuda" selects
+            the CUDA execution provider).
         onnx_cache_dir: where the "onnxruntime" backend caches its exported model (None: default).
 
     Output `LocalFeatures`: keypoints (N, 2), scores (N,), descriptors (N, 256), dense
@@ -269,8 +271,19 @@ class SuperPoint(Extractor):
     def __init__(self, **conf: Any) -> None:
         super().__init__(**conf)
         c = self.conf
-        if c["backend"] not in ("torch", "onnxruntime"):
-            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {c['backend']!r}")
+        if c["backend"] not in ("auto", "torch", "onnxruntime", "tensorrt"):
+            raise ValueError(
+                "backend must be 'auto', 'torch', 'onnxruntime' or 'tensorrt', "
+                f"got {c['backend']!r}"
+            )
+        backend, device = c["backend"], c["device"]
+        choice = None
+        if backend in ("auto", "tensorrt") or device == "auto":
+            from supergf_ros.inference.backends import select_backend
+
+            choice = select_backend(backend, device)  # logs the choice and why
+            backend, device = choice.backend, choice.device
+        self.backend = backend  # the resolved backend
         if int(c["nms_radius"]) < 0:
             raise ValueError(f"nms_radius must be >= 0, got {c['nms_radius']}")
         if int(c["max_keypoints"]) == 0 or int(c["max_keypoints"]) < -1:
@@ -283,13 +296,23 @@ class SuperPoint(Extractor):
         self.net = load_superpoint_net(self.weights_path)
         self._sha256: str | None = None
         try:
-            self.device = torch.device(c["device"])
+            self.device = torch.device(device)
         except RuntimeError as err:
-            raise ValueError(f"invalid device {c['device']!r}: {err}") from err
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {c['device']!r} requested but CUDA is not available here")
+            raise ValueError(f"invalid device {device!r}: {err}") from err
+        if backend != "tensorrt" and self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available here")
         self._ort = None
-        if c["backend"] == "torch":
+        self._runner = None
+        if backend == "tensorrt":
+            from supergf_ros.inference.backends import create_runner
+            from supergf_ros.inference.export import superpoint_profile, superpoint_spec
+
+            max_side = int(c["resize_max"]) if c["resize_max"] is not None else 2048
+            spec = superpoint_spec(
+                self.net, self.weights_sha256, profile=superpoint_profile(max_side)
+            )
+            self._runner = create_runner(spec, choice, onnx_cache_dir=c["onnx_cache_dir"])
+        elif backend == "torch":
             self.net = self.net.to(self.device)
             # oneDNN convolutions are ~1.5x faster in channels_last on CPU; keep `self.net` plain
             # (it is what ONNX export and other users see) and run a channels_last copy.
@@ -338,6 +361,9 @@ class SuperPoint(Extractor):
 
     def run_network(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores (B, H, W), dense (B, 256, H/8, W/8)) for a (B, 1, H, W) [0, 1] batch."""
+        if self._runner is not None:  # TensorRT
+            out = self._runner({"image": np.ascontiguousarray(image.cpu().numpy(), np.float32)})
+            return torch.from_numpy(out["scores"]), torch.from_numpy(out["descriptors"])
         if self._ort is not None:
             scores, dense = self._ort(np.ascontiguousarray(image.cpu().numpy(), np.float32))
             return torch.from_numpy(scores), torch.from_numpy(dense)

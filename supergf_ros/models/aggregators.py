@@ -133,8 +133,8 @@ class SuperGFAggregator(GlobalAggregator):
     variant: ClassVar[str] = ""
     default_conf: ClassVar[dict[str, Any]] = {
         "weights": None,  # checkpoint path; None -> the shipped default for `features`
-        "backend": "torch",  # "torch" | "onnxruntime"
-        "device": "cpu",
+        "backend": "torch",  # "torch" | "onnxruntime" | "tensorrt" | "auto" (select_backend)
+        "device": "cpu",  # "cpu" | "cuda[:N]" | "auto"
         "onnx_cache_dir": None,
         "model": None,  # an in-memory SuperGF model instead of a checkpoint (training, tests)
     }
@@ -146,8 +146,19 @@ class SuperGFAggregator(GlobalAggregator):
         from .checkpoint import load_checkpoint, model_key
 
         c = self.conf
-        if c["backend"] not in ("torch", "onnxruntime"):
-            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {c['backend']!r}")
+        if c["backend"] not in ("auto", "torch", "onnxruntime", "tensorrt"):
+            raise ValueError(
+                "backend must be 'auto', 'torch', 'onnxruntime' or 'tensorrt', "
+                f"got {c['backend']!r}"
+            )
+        backend, device = c["backend"], c["device"]
+        choice = None
+        if backend in ("auto", "tensorrt") or device == "auto":
+            from ..inference.backends import select_backend
+
+            choice = select_backend(backend, device)  # logs the choice and why
+            backend, device = choice.backend, choice.device
+        self.backend, self.device = backend, device  # resolved
         if c["model"] is not None:
             self.model = c["model"].eval()
             if self.model.name != self.name:
@@ -186,7 +197,18 @@ class SuperGFAggregator(GlobalAggregator):
             self.conf["features"] = by_dim.get(model_dim, self.conf["features"])
         self.dim = self.model.dim
         self._ort = None
-        if c["backend"] == "onnxruntime":
+        self._runner = None
+        if backend == "tensorrt" or (backend == "onnxruntime" and device.startswith("cuda")):
+            from ..inference.backends import create_runner, select_backend
+            from ..inference.export import supergf_spec
+
+            self.model = self.model.cpu()
+            if backend == "tensorrt":
+                self.max_batch = 1  # engines are built for batch 1 (bounded memory on a Jetson)
+            choice = choice or select_backend(backend, device)
+            spec = supergf_spec(self.model, self.weights_sha256)
+            self._runner = create_runner(spec, choice, onnx_cache_dir=c["onnx_cache_dir"])
+        elif backend == "onnxruntime":
             from ..inference.onnx import OrtModule
             from .checkpoint import cached_model_onnx
 
@@ -195,7 +217,7 @@ class SuperGFAggregator(GlobalAggregator):
                 cached_model_onnx(self.model, self.weights_sha256, c["onnx_cache_dir"])
             )
         else:
-            self.model = self.model.to(c["device"])
+            self.model = self.model.to(device)
 
     def _identity_keys(self) -> set[str]:
         return {"features"}
@@ -210,11 +232,13 @@ class SuperGFAggregator(GlobalAggregator):
 
     def _run(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
         """First output of the model for positional numpy inputs."""
+        if self._runner is not None:  # TensorRT, or ONNX Runtime on CUDA
+            return self._runner(dict(zip(self.model.input_names, inputs)))["global_descriptor"]
         if self._ort is not None:
             return self._ort(*inputs)[0]
         import torch
 
-        device = self.conf["device"]
+        device = self.device
         with torch.inference_mode():
             tensors = {
                 k: torch.from_numpy(np.ascontiguousarray(v)).to(device)
