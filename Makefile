@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+MSGS_STAMP := $(VENV)/.msgs_built
 
 .PHONY: venv demo test lint format clean
 
-venv: $(STAMP)
+venv: $(STAMP) $(MSGS_STAMP)
 
 $(STAMP): requirements.txt setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,8 +15,17 @@ $(STAMP): requirements.txt setup.py
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# ROS 2 messages (supergf_ros_msgs, rosidl) built with colcon against the venv's ROS wheels.
+$(MSGS_STAMP): $(STAMP) scripts/build_msgs.sh supergf_ros_msgs/CMakeLists.txt \
+		supergf_ros_msgs/package.xml $(wildcard supergf_ros_msgs/msg/*.msg scripts/vendor/tf2_msgs/*)
+	scripts/build_msgs.sh $(VENV)
+	touch $(MSGS_STAMP)
+
+# SuperPoint when the shared weights are there (else the demo says so and uses SIFT).
+SUPERPOINT_WEIGHTS ?= $(wildcard ../shared/weights/superpoint_v1.pth)
+
 demo: venv
-	$(BIN)/supergf-ros demo
+	$(BIN)/supergf-ros demo $(if $(SUPERPOINT_WEIGHTS),--superpoint-weights $(SUPERPOINT_WEIGHTS))
 
 lint: venv
 	$(BIN)/ruff check .

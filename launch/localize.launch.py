@@ -1,0 +1,63 @@
+"""Launch the supergf_ros localizer node with config/localize.yaml.
+
+    ros2 launch supergf_ros localize.launch.py map:=/path/to/map.h5 \
+        image_topic:=/camera/image_raw namespace:=robot1 [params_file:=my.yaml] [rviz:=true]
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from launch import LaunchDescription
+
+PACKAGE = "supergf_ros"
+EXECUTABLE = "localizer_node"
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = get_package_share_directory(PACKAGE)
+    default_params = os.path.join(share, "config", "localize.yaml")
+    rviz_config = os.path.join(share, "config", "supergf.rviz")
+
+    args = [
+        DeclareLaunchArgument("map", description="map file (.h5) from `supergf-ros build-map`"),
+        DeclareLaunchArgument(
+            "params_file", default_value=default_params, description="node parameters YAML"
+        ),
+        DeclareLaunchArgument(
+            "image_topic", default_value="/camera/image_raw", description="sensor_msgs/Image topic"
+        ),
+        DeclareLaunchArgument(
+            "camera_info_topic",
+            default_value="/camera/camera_info",
+            description="sensor_msgs/CameraInfo topic",
+        ),
+        DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
+        DeclareLaunchArgument("rviz", default_value="false", description="also start RViz 2"),
+    ]
+    localizer = Node(
+        package=PACKAGE,
+        executable=EXECUTABLE,
+        name="localizer",
+        namespace=LaunchConfiguration("namespace"),
+        output="screen",
+        parameters=[
+            LaunchConfiguration("params_file"),
+            {
+                "map_path": LaunchConfiguration("map"),
+                "image_topic": LaunchConfiguration("image_topic"),
+                "camera_info_topic": LaunchConfiguration("camera_info_topic"),
+            },
+        ],
+    )
+    rviz = Node(
+        package="rviz2",
+        executable="rviz2",
+        arguments=["-d", rviz_config],
+        condition=IfCondition(LaunchConfiguration("rviz")),
+    )
+    return LaunchDescription([*args, localizer, rviz])

@@ -1,0 +1,86 @@
+"""`supergf-ros evaluate RESULTS.txt DATASET [--queries FILE] [--json]`: pose accuracy.
+
+Compares a results file (``name qw qx qy qz tx ty tz``, cam_from_world) with DATASET's poses;
+queries missing from the results count as failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def evaluate_results(
+    results_path: str | Path, dataset_dir: str | Path, query_names: list[str] | None = None
+) -> dict:
+    """Pose metrics of a results file against a dataset's model (see `metrics.pose_metrics`).
+
+    Queries default to every name in the results file. Extra keys: "errors"
+    ({name: [position m, rotation deg] or None}).
+    """
+    from ..datasets import Dataset, read_results
+    from .metrics import pose_errors, pose_metrics
+
+    estimates = read_results(results_path)
+    dataset = Dataset(dataset_dir)
+    if not dataset.poses:
+        raise ValueError(f"dataset {dataset_dir} has no poses to evaluate against")
+    names = list(query_names) if query_names is not None else list(estimates)
+    if not names:
+        raise ValueError(f"no queries: {results_path} is empty and no --queries list was given")
+    missing_gt = [n for n in names if n not in dataset.poses]
+    if missing_gt:
+        raise ValueError(
+            f"{len(missing_gt)} quer(ies) have no ground-truth pose in {dataset.model_dir}: "
+            f"{missing_gt[:5]}"
+        )
+    errors = pose_errors(estimates, dataset.poses, names)
+    metrics = pose_metrics(errors)
+    metrics["errors"] = {n: (None if e is None else [e[0], e[1]]) for n, e in errors.items()}
+    return metrics
+
+
+def format_metrics(metrics: dict) -> str:
+    lines = [f"queries: {metrics['num_queries']}, localized: {metrics['num_localized']}"]
+    for key, value in metrics["recall"].items():
+        lines.append(f"recall @ {key.replace('m_', ' m, ').replace('deg', ' deg')}: {value:.4f}")
+    if metrics["median_translation_m"] is None:
+        lines.append("median errors: n/a (nothing localized)")
+    else:
+        lines.append(
+            f"median translation error: {metrics['median_translation_m']:.4f} m, "
+            f"median rotation error: {metrics['median_rotation_deg']:.4f} deg"
+        )
+    return "\n".join(lines)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="pose accuracy of a results file against a dataset's poses",
+        description="Recall at (0.25 m, 2 deg), (0.5 m, 5 deg), (5 m, 10 deg) and median errors.",
+    )
+    p.add_argument("results", type=Path, help="RESULTS.txt (name qw qx qy qz tx ty tz)")
+    p.add_argument("dataset", type=Path, help="dataset folder with poses in sparse_gt/")
+    p.add_argument(
+        "--queries", type=Path, help="query names (missing from RESULTS count as failures)"
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument("--per-query", action="store_true", help="with --json: include per-query errors")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..datasets import read_image_list
+
+    names = read_image_list(args.queries) if args.queries else None
+    metrics = evaluate_results(args.results, args.dataset, names)
+    if args.json:
+        if not args.per_query:
+            metrics.pop("errors")
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(format_metrics(metrics))
+    return 0

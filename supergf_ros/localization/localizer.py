@@ -1,0 +1,348 @@
+"""The hierarchical localizer: image + intrinsics -> 6-DoF `cam_from_world` against a map.
+
+image -> local features -> global descriptor -> top-k keyframes (FAISS) -> mutual-NN (+ ratio)
+matching against each keyframe -> 2D-3D via the keyframes' point ids -> pycolmap LO-RANSAC
+absolute pose + non-linear refinement (with covariance). Optionally the top-k are re-ranked by
+homography-RANSAC inlier counts first (the paper's second stage).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..features.base import LocalFeatures, validate_image
+from ..geometry import Camera, Pose
+from ..mapping.map_format import MapData, read_map
+from .retrieval import GlobalIndex
+
+TIMING_KEYS = ("extract", "global", "retrieval", "matching", "pose", "total")
+
+
+@dataclass
+class LocalizationResult:
+    """Outcome of one query; a failure is a result with `success=False` and a `reason`.
+
+    `covariance` is the 6x6 covariance of the refined pose from pycolmap, rotation first (3,
+    axis-angle perturbation) then translation (3), in the `cam_from_world` parameterization.
+    """
+
+    success: bool
+    reason: str = ""
+    cam_from_world: Pose | None = None
+    num_inliers: int = 0
+    num_matches: int = 0
+    num_correspondences: int = 0
+    covariance: np.ndarray | None = None
+    retrieved: list[str] = field(default_factory=list)
+    retrieval_scores: list[float] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable dict (pose as qvec w-first + tvec, cam_from_world)."""
+        pose = None
+        if self.cam_from_world is not None:
+            pose = {
+                "qvec": [float(v) for v in self.cam_from_world.qvec],
+                "tvec": [float(v) for v in self.cam_from_world.tvec],
+            }
+        return {
+            "success": bool(self.success),
+            "reason": self.reason,
+            "cam_from_world": pose,
+            "num_inliers": int(self.num_inliers),
+            "num_matches": int(self.num_matches),
+            "num_correspondences": int(self.num_correspondences),
+            "covariance": None if self.covariance is None else self.covariance.tolist(),
+            "retrieved": list(self.retrieved),
+            "retrieval_scores": [float(s) for s in self.retrieval_scores],
+            "timings_ms": {k: round(float(v), 3) for k, v in self.timings_ms.items()},
+        }
+
+
+class Localizer:
+    """Localize images against a map. Build with `Localizer.from_map(path, conf)`.
+
+    Options (`default_conf`, all optional):
+        top_k: keyframes retrieved per query.
+        rerank: re-rank the top-k by homography-RANSAC inliers before pose estimation.
+        rerank_keep: after re-ranking, use only this many keyframes for the pose (None: all).
+        rerank_threshold_px: homography RANSAC threshold.
+        ratio_threshold: Lowe ratio test on top of mutual NN (None: mutual NN only).
+        distance_threshold: max descriptor distance of a match (None: no limit).
+        min_inliers: fewer PnP inliers is a failed localization.
+        ransac_max_error_px: PnP RANSAC threshold.
+        max_keypoints, resize_max: query extraction overrides (default: as the map).
+        superpoint_weights: SuperPoint weights file (default: $SUPERGF_SUPERPOINT_WEIGHTS).
+        supergf_weights: SuperGF checkpoint (default: the shipped one).
+        backend: "torch" | "onnxruntime" for SuperPoint and SuperGF.
+        index: retrieval index "auto" | "flat" | "hnsw".
+    """
+
+    default_conf: dict[str, Any] = {
+        "top_k": 5,
+        "rerank": False,
+        "rerank_keep": None,
+        "rerank_threshold_px": 8.0,
+        "ratio_threshold": None,
+        "distance_threshold": None,
+        "min_inliers": 12,
+        "ransac_max_error_px": 12.0,
+        "max_keypoints": None,
+        "resize_max": None,
+        "superpoint_weights": None,
+        "supergf_weights": None,
+        "backend": "torch",
+        "index": "auto",
+    }
+
+    def __init__(self, map_data: MapData, conf: dict[str, Any] | None = None) -> None:
+        conf = dict(conf or {})
+        unknown = set(conf) - set(self.default_conf)
+        if unknown:
+            raise ValueError(
+                f"unknown localizer option(s): {sorted(unknown)}; valid: {sorted(self.default_conf)}"
+            )
+        self.conf = {**self.default_conf, **conf}
+        if int(self.conf["top_k"]) < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.conf['top_k']}")
+        if int(self.conf["min_inliers"]) < 4:
+            raise ValueError(f"min_inliers must be >= 4, got {self.conf['min_inliers']}")
+        self.map = map_data
+        self.extractor = self._build_extractor()
+        self.aggregator = self._build_aggregator()
+        self.index = GlobalIndex(map_data.global_descriptors, kind=self.conf["index"])
+        # per-keyframe contiguous views, prepared once (no per-query conversion or file access)
+        self._kf_desc = [
+            np.ascontiguousarray(map_data.descriptors_of(i)) for i in range(map_data.num_keyframes)
+        ]
+        self._kf_kp = [map_data.keypoints_of(i) for i in range(map_data.num_keyframes)]
+        self._kf_pids = [map_data.point3D_ids_of(i) for i in range(map_data.num_keyframes)]
+        self._pycolmap_cameras: dict[Camera, Any] = {}
+
+    @classmethod
+    def from_map(cls, map_path: str | Path, conf: dict[str, Any] | None = None) -> Localizer:
+        """Load a map and build the extractor + aggregator that match its identity."""
+        return cls(read_map(map_path), conf)
+
+    # -- construction -------------------------------------------------------------------------
+    def _build_extractor(self):
+        from ..features import EXTRACTORS, create_extractor
+
+        ident = self.map.extractor
+        name = ident["name"]
+        if name not in EXTRACTORS:
+            raise ValueError(f"map was built with unknown local features '{name}'")
+        conf = dict(ident["config"])
+        if name == "superpoint":
+            weights = self.conf["superpoint_weights"] or os.environ.get(
+                "SUPERGF_SUPERPOINT_WEIGHTS"
+            )
+            conf["weights"] = str(weights) if weights else None
+            conf["backend"] = self.conf["backend"]
+            if self.conf["resize_max"] is not None:
+                conf["resize_max"] = int(self.conf["resize_max"])
+        if self.conf["max_keypoints"] is not None:
+            conf["max_keypoints"] = int(self.conf["max_keypoints"])
+        extractor = create_extractor(name, **conf)
+        sha = extractor.identity()["weights_sha256"]
+        if sha != ident["weights_sha256"]:
+            raise ValueError(
+                f"the map was built with {name} weights sha256 {ident['weights_sha256'][:12]}..., "
+                f"but the given weights have sha256 {sha[:12]}...; use the weights the map was built "
+                "with or rebuild the map"
+            )
+        dim = self.map.descriptors.shape[1]
+        if extractor.descriptor_dim != dim:
+            raise ValueError(
+                f"map descriptors are {dim}-D but extractor '{name}' gives "
+                f"{extractor.descriptor_dim}-D"
+            )
+        return extractor
+
+    def _build_aggregator(self):
+        from ..models.aggregators import AGGREGATORS, create_aggregator
+
+        ident = self.map.aggregator
+        name = ident["name"]
+        if name not in AGGREGATORS:
+            raise ValueError(f"map was built with unknown global descriptor '{name}'")
+        conf = {k: v for k, v in ident["config"].items() if k != "model"}
+        if name.startswith("supergf"):
+            if self.conf["supergf_weights"]:
+                conf["weights"] = str(self.conf["supergf_weights"])
+            conf["backend"] = self.conf["backend"]
+        aggregator = create_aggregator(name, **conf)
+        if self.map.aggregator_state:
+            aggregator.load_state(dict(self.map.aggregator_state))
+        sha = aggregator.identity()["weights_sha256"]
+        if sha != ident["weights_sha256"]:
+            raise ValueError(
+                f"the map's global descriptors ('{name}') were made with weights sha256 "
+                f"{ident['weights_sha256'][:12]}..., but the loaded ones have {sha[:12]}...; "
+                "pass the matching --supergf-weights or rebuild the map"
+            )
+        gdim = self.map.global_descriptors.shape[1]
+        if aggregator.dim != gdim:
+            raise ValueError(
+                f"map global descriptors are {gdim}-D but '{name}' gives {aggregator.dim}-D"
+            )
+        return aggregator
+
+    # -- localization --------------------------------------------------------------------------
+    def _camera_pc(self, camera: Camera):
+        cam = self._pycolmap_cameras.get(camera)
+        if cam is None:
+            cam = self._pycolmap_cameras[camera] = camera.to_pycolmap()
+        return cam
+
+    def localize(
+        self, image: np.ndarray, camera: Camera, top_k: int | None = None
+    ) -> LocalizationResult:
+        """Localize one image (HxW gray or HxWx3 RGB uint8) taken with `camera`.
+
+        `top_k` overrides the configured number of retrieved keyframes for this call.
+        Raises ValueError only for a malformed image or camera; failures are results.
+        """
+        image = validate_image(image)
+        if not isinstance(camera, Camera):
+            raise ValueError(f"camera must be a supergf_ros.geometry.Camera, got {type(camera)}")
+        h, w = image.shape[:2]
+        if (camera.width, camera.height) != (w, h):
+            raise ValueError(
+                f"image is {w}x{h} but the camera is {camera.width}x{camera.height}; "
+                "scale the camera with Camera.scaled() to the image size"
+            )
+        t0 = time.perf_counter()
+        features = self.extractor.extract(image)
+        t_extract = (time.perf_counter() - t0) * 1e3
+        result = self.localize_features(features, camera, top_k=top_k)
+        result.timings_ms["extract"] = t_extract
+        result.timings_ms["total"] += t_extract
+        return result
+
+    def localize_features(
+        self, features: LocalFeatures, camera: Camera, top_k: int | None = None
+    ) -> LocalizationResult:
+        """Localize from already extracted query features (all stages after extraction)."""
+        import pycolmap
+
+        conf = self.conf
+        top_k = int(conf["top_k"] if top_k is None else top_k)
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        timings = {k: 0.0 for k in TIMING_KEYS}
+        t_start = time.perf_counter()
+
+        def done(result: LocalizationResult) -> LocalizationResult:
+            timings["total"] = (time.perf_counter() - t_start) * 1e3
+            result.timings_ms = timings
+            return result
+
+        t = time.perf_counter()
+        gdesc = self.aggregator(features)
+        timings["global"] = (time.perf_counter() - t) * 1e3
+        t = time.perf_counter()
+        idx, sims = self.index.search(gdesc, top_k)
+        timings["retrieval"] = (time.perf_counter() - t) * 1e3
+        retrieved = [self.map.keyframe_names[i] for i in idx]
+        result = LocalizationResult(
+            success=False, retrieved=retrieved, retrieval_scores=[float(s) for s in sims]
+        )
+        if len(features) == 0:
+            result.reason = "no keypoints detected in the query image"
+            return done(result)
+
+        t = time.perf_counter()
+        from ..matching import match_mutual_nn
+
+        qdesc = np.ascontiguousarray(features.descriptors, dtype=np.float32)
+        per_kf = []
+        for i in idx:
+            m, _ = match_mutual_nn(
+                qdesc,
+                self._kf_desc[i],
+                ratio_threshold=conf["ratio_threshold"],
+                distance_threshold=conf["distance_threshold"],
+            )
+            per_kf.append((int(i), m))
+        result.num_matches = int(sum(len(m) for _, m in per_kf))
+        timings["matching"] = (time.perf_counter() - t) * 1e3
+
+        if conf["rerank"]:
+            t = time.perf_counter()
+            counts = [self._homography_inliers(features.keypoints, i, m) for i, m in per_kf]
+            order = np.argsort(-np.asarray(counts), kind="stable")
+            per_kf = [per_kf[j] for j in order]
+            if conf["rerank_keep"] is not None:
+                per_kf = per_kf[: max(1, int(conf["rerank_keep"]))]
+            result.retrieved = [self.map.keyframe_names[i] for i, _ in per_kf]
+            result.retrieval_scores = [float(sims[j]) for j in order][: len(per_kf)]
+            timings["rerank"] = (time.perf_counter() - t) * 1e3
+
+        if result.num_matches == 0:
+            result.reason = "no matches between the query and the retrieved keyframes"
+            return done(result)
+
+        t = time.perf_counter()
+        q_idx, p_idx = [], []
+        for i, m in per_kf:
+            pids = self._kf_pids[i][m[:, 1]]
+            valid = pids >= 0
+            q_idx.append(m[valid, 0])
+            p_idx.append(pids[valid])
+        q_idx = np.concatenate(q_idx)
+        p_idx = np.concatenate(p_idx)
+        if len(q_idx):
+            pairs = np.unique(np.stack([q_idx, p_idx], 1), axis=0)
+            q_idx, p_idx = pairs[:, 0], pairs[:, 1]
+        result.num_correspondences = len(q_idx)
+        if len(q_idx) < max(4, int(conf["min_inliers"])):
+            result.reason = (
+                f"too few 2D-3D correspondences ({len(q_idx)} < {max(4, conf['min_inliers'])})"
+            )
+            timings["pose"] = (time.perf_counter() - t) * 1e3
+            return done(result)
+        est = pycolmap.AbsolutePoseEstimationOptions()
+        est.ransac.max_error = float(conf["ransac_max_error_px"])
+        ref = pycolmap.AbsolutePoseRefinementOptions()
+        try:
+            ret = pycolmap.estimate_and_refine_absolute_pose(
+                features.keypoints[q_idx].astype(np.float64),
+                self.map.points3D[p_idx],
+                self._camera_pc(camera),
+                est,
+                ref,
+                return_covariance=True,
+            )
+        except Exception as err:  # numerical trouble inside pycolmap must not escape
+            ret = None
+            result.reason = f"pose estimation raised: {err}"
+        timings["pose"] = (time.perf_counter() - t) * 1e3
+        if ret is None:
+            result.reason = result.reason or "pose estimation failed (RANSAC found no model)"
+            return done(result)
+        result.num_inliers = int(ret["num_inliers"])
+        if result.num_inliers < int(conf["min_inliers"]):
+            result.reason = f"too few PnP inliers ({result.num_inliers} < {conf['min_inliers']})"
+            return done(result)
+        result.cam_from_world = Pose.from_pycolmap(ret["cam_from_world"])
+        cov = ret.get("covariance")
+        result.covariance = None if cov is None else np.asarray(cov, dtype=np.float64)
+        result.success = True
+        return done(result)
+
+    def _homography_inliers(self, q_kp: np.ndarray, kf: int, matches: np.ndarray) -> int:
+        import cv2
+
+        if len(matches) < 4:
+            return 0
+        src = q_kp[matches[:, 0]].astype(np.float32)
+        dst = self._kf_kp[kf][matches[:, 1]].astype(np.float32)
+        _, mask = cv2.findHomography(src, dst, cv2.RANSAC, float(self.conf["rerank_threshold_px"]))
+        return 0 if mask is None else int(mask.sum())

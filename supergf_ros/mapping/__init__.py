@@ -1,0 +1,8 @@
+"""Maps: the HDF5 map format, pair selection, triangulation and the map builder.
+
+Heavy dependencies (pycolmap, torch) load only when a builder function runs.
+"""
+
+from .map_format import FORMAT_NAME, FORMAT_VERSION, MapData, read_map, write_map
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MapData", "read_map", "write_map"]

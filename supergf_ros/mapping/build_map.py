@@ -1,0 +1,299 @@
+"""Build a localization map from a dataset: features, pairs, matching, triangulation, file.
+
+`supergf-ros build-map DATASET --out MAP.h5 [--images-list FILE] [--features superpoint|sift]
+[--superpoint-weights PATH] [--global NAME] [--supergf-weights PATH] [options]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+default_build_conf: dict[str, Any] = {
+    "num_pose_neighbors": 10,  # pose-based pairs: nearest cameras by centre distance ...
+    "max_pair_angle_deg": 60.0,  # ... whose viewing directions differ by at most this
+    "num_retrieval_neighbors": 5,  # retrieval-based pairs (global descriptors)
+    "ratio_threshold": None,  # Lowe ratio test for map matching (None: mutual NN only)
+    "descriptor_dtype": "float16",  # storage of local descriptors in the map file
+    "triangulation": {},  # overrides of triangulation.default_triangulation_conf
+}
+
+
+def default_global_name(features: str) -> str:
+    """The best available global descriptor for `features` (SuperGF when weights are shipped)."""
+    try:
+        from ..models.aggregators import available_global_descriptors
+
+        names = available_global_descriptors(features)
+    except ImportError:
+        names = []
+    return names[0] if names else "vlad"
+
+
+def _progress(iterable, progress: bool, **kw):
+    if not progress:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, **kw)
+
+
+def build_map(
+    dataset_dir: str | Path,
+    out_path: str | Path,
+    *,
+    image_names: list[str] | None = None,
+    features: str = "superpoint",
+    extractor_conf: dict | None = None,
+    global_name: str | None = None,
+    global_conf: dict | None = None,
+    conf: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Build a map file from `dataset_dir` (images/ + COLMAP model with poses, or images only).
+
+    With poses: features -> pairs (pose neighbours + retrieval) -> mutual-NN matching ->
+    epipolar check with the known poses -> pycolmap triangulation. Without a model: pycolmap
+    incremental SfM over the same matches (unregistered images are left out of the map).
+
+    Returns a summary dict: num_keyframes, num_points3D, mean_track_length,
+    mean_reproj_error_px, file_size_bytes, bytes_per_keyframe, num_pairs, timings_s.
+    """
+    from ..datasets import Dataset
+    from ..features import create_extractor
+    from ..matching import match_mutual_nn
+    from ..models.aggregators import create_aggregator
+    from .map_format import MapData, write_map
+    from .pairs import select_pairs
+    from .triangulation import incremental_sfm, triangulate_known_poses
+
+    conf = {**default_build_conf, **(conf or {})}
+    unknown = set(conf) - set(default_build_conf)
+    if unknown:
+        raise ValueError(
+            f"unknown build option(s): {sorted(unknown)}; valid: {sorted(default_build_conf)}"
+        )
+    out_path = Path(out_path)
+    if out_path.suffix.lower() not in (".h5", ".hdf5"):
+        raise ValueError(f"map path should end with .h5 or .hdf5, got {out_path}")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    dataset = Dataset(dataset_dir)
+    names = dataset.check_names(
+        image_names if image_names is not None else dataset.names, need_pose=dataset.has_model
+    )
+    extractor = create_extractor(features, **(extractor_conf or {}))
+    global_name = global_name or default_global_name(features)
+    aggregator = create_aggregator(global_name, **{"features": features, **(global_conf or {})})
+
+    # 1. local features (+ global descriptors right away when the aggregator needs no fitting)
+    t = time.perf_counter()
+    feats, globals_ = [], []
+    for name in _progress(names, progress, desc="features", unit="img"):
+        f = extractor.extract(dataset.read_image(name))
+        if not aggregator.needs_fit:
+            globals_.append(np.asarray(aggregator(f), dtype=np.float32))
+            f.dense = None  # free memory; only sparse features go into the map
+        feats.append(f)
+    timings["features"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if aggregator.needs_fit:
+        aggregator.fit(feats)
+        globals_ = [np.asarray(g, dtype=np.float32) for g in aggregator.batch(feats)]
+        for f in feats:
+            f.dense = None
+    global_desc = np.stack(globals_).astype(np.float32)
+    timings["global"] = time.perf_counter() - t
+
+    # 2. pairs and matching
+    t = time.perf_counter()
+    poses = [dataset.cam_from_world(n) for n in names] if dataset.has_model else None
+    pairs = select_pairs(
+        poses,
+        global_desc,
+        num_pose_neighbors=conf["num_pose_neighbors"],
+        max_angle_deg=conf["max_pair_angle_deg"],
+        num_retrieval_neighbors=conf["num_retrieval_neighbors"],
+    )
+    pair_matches = {}
+    for i, j in _progress(pairs, progress, desc="matching", unit="pair"):
+        m, _ = match_mutual_nn(
+            feats[i].descriptors, feats[j].descriptors, ratio_threshold=conf["ratio_threshold"]
+        )
+        pair_matches[(i, j)] = m
+    timings["matching"] = time.perf_counter() - t
+
+    # 3. 3D points
+    t = time.perf_counter()
+    keypoints = [f.keypoints for f in feats]
+    if dataset.has_model:
+        cameras = []
+        for name, f in zip(names, feats):
+            cam = dataset.camera(name)
+            w, h = f.image_size
+            if (cam.width, cam.height) != (w, h):  # images stored at another resolution
+                cam = cam.scaled(w / cam.width, h / cam.height)
+            cameras.append(cam)
+        tri = triangulate_known_poses(
+            cameras, poses, names, keypoints, pair_matches, conf["triangulation"]
+        )
+        keep = list(range(len(names)))
+    else:
+        tri = incremental_sfm(None, names, [f.image_size for f in feats], keypoints, pair_matches)
+        keep = [i for i, p in enumerate(tri["cam_from_world"]) if p is not None]
+        cameras = tri["cameras"]
+        poses = tri["cam_from_world"]
+        if len(keep) < len(names):
+            logger.warning("SfM registered %d of %d images", len(keep), len(names))
+    timings["triangulation"] = time.perf_counter() - t
+
+    # 4. map file
+    t = time.perf_counter()
+    point3D_ids = tri["point3D_ids"]
+    counts = [len(feats[i]) for i in keep]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    data = MapData(
+        keyframe_names=[names[i] for i in keep],
+        cameras=[cameras[i] for i in keep],
+        cam_from_world=[poses[i] for i in keep],
+        keypoint_offsets=offsets,
+        keypoints=np.concatenate([feats[i].keypoints for i in keep]).astype(np.float32),
+        scores=np.concatenate([feats[i].scores for i in keep]).astype(np.float32),
+        descriptors=np.concatenate([feats[i].descriptors for i in keep]).astype(np.float32),
+        point3D_ids=np.concatenate([point3D_ids[i] for i in keep]),
+        points3D=tri["points3D"],
+        track_lengths=tri["track_lengths"],
+        point_errors=tri["errors"],
+        global_descriptors=global_desc[keep],
+        extractor=extractor.identity(),
+        aggregator=aggregator.identity(),
+        aggregator_state={k: np.asarray(v) for k, v in aggregator.state().items()},
+        build_conf={
+            **{k: v for k, v in conf.items()},
+            "features": features,
+            "global": global_name,
+            "source": "triangulation" if dataset.has_model else "incremental_sfm",
+        },
+    )
+    num_points = len(data.points3D)
+    summary = {
+        "num_keyframes": data.num_keyframes,
+        "num_points3D": num_points,
+        "mean_track_length": float(data.track_lengths.mean()) if num_points else 0.0,
+        "mean_reproj_error_px": float(data.point_errors.mean()) if num_points else 0.0,
+        "num_pairs": len(pairs),
+        "mean_keypoints_per_keyframe": float(np.mean(counts)),
+        "global": global_name,
+        "features": features,
+    }
+    data.summary = dict(summary)
+    size = write_map(out_path, data, descriptor_dtype=conf["descriptor_dtype"])
+    timings["write"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    summary.update(
+        file_size_bytes=int(size),
+        bytes_per_keyframe=float(size / data.num_keyframes),
+        timings_s={k: round(v, 3) for k, v in timings.items()},
+    )
+    if num_points == 0:
+        logger.warning("map %s has no 3D points: queries cannot be localized against it", out_path)
+    return summary
+
+
+def format_summary(summary: dict, out_path: Path) -> str:
+    return (
+        f"map {out_path}: {summary['num_keyframes']} keyframes, {summary['num_points3D']} 3D points, "
+        f"mean track length {summary['mean_track_length']:.2f}, mean reprojection error "
+        f"{summary['mean_reproj_error_px']:.2f} px, {summary['num_pairs']} pairs, global "
+        f"'{summary['global']}', {summary['file_size_bytes'] / 1e6:.2f} MB "
+        f"({summary['bytes_per_keyframe'] / 1e3:.1f} kB per keyframe), "
+        f"{summary['timings_s']['total']:.1f} s"
+    )
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "build-map",
+        help="build a localization map (HDF5) from a dataset",
+        description="Build a map from DATASET (images/ + COLMAP model with poses in sparse_gt/; "
+        "without a model, incremental SfM recovers the poses).",
+    )
+    p.add_argument("dataset", type=Path, help="dataset folder (images/ + sparse_gt/)")
+    p.add_argument("--out", type=Path, required=True, help="output map file (.h5)")
+    p.add_argument("--images-list", type=Path, help="file with keyframe image names, one a line")
+    p.add_argument("--features", default="superpoint", choices=["superpoint", "sift"])
+    p.add_argument(
+        "--superpoint-weights",
+        type=Path,
+        help="superpoint_v1.pth (default: $SUPERGF_SUPERPOINT_WEIGHTS)",
+    )
+    p.add_argument(
+        "--global",
+        dest="global_name",
+        help="global descriptor: supergf-sparse, supergf-dense, vlad, gem (default: best available)",
+    )
+    p.add_argument("--supergf-weights", type=Path, help="SuperGF checkpoint (default: shipped)")
+    p.add_argument("--max-keypoints", type=int, help="local features per image")
+    p.add_argument(
+        "--resize-max", type=int, help="resize images so the longer edge is at most this"
+    )
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], help="SuperPoint backend")
+    p.add_argument("--num-neighbors", type=int, help="pose-based pairs per keyframe (default 10)")
+    p.add_argument("--ratio-threshold", type=float, help="Lowe ratio test for map matching")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+    return p
+
+
+def extractor_conf_from_args(args: argparse.Namespace) -> dict:
+    conf: dict[str, Any] = {}
+    if args.features == "superpoint":
+        if args.superpoint_weights is not None:
+            conf["weights"] = str(args.superpoint_weights)
+        if args.resize_max is not None:
+            conf["resize_max"] = args.resize_max
+        if args.backend is not None:
+            conf["backend"] = args.backend
+    elif args.resize_max is not None or args.backend is not None:
+        raise ValueError("--resize-max and --backend apply to --features superpoint only")
+    if args.max_keypoints is not None:
+        conf["max_keypoints"] = args.max_keypoints
+    return conf
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..datasets import read_image_list
+
+    names = read_image_list(args.images_list) if args.images_list else None
+    global_conf = {}
+    if args.supergf_weights is not None:
+        global_conf["weights"] = str(args.supergf_weights)
+    conf: dict[str, Any] = {}
+    if args.num_neighbors is not None:
+        conf["num_pose_neighbors"] = args.num_neighbors
+    if args.ratio_threshold is not None:
+        conf["ratio_threshold"] = args.ratio_threshold
+    summary = build_map(
+        args.dataset,
+        args.out,
+        image_names=names,
+        features=args.features,
+        extractor_conf=extractor_conf_from_args(args),
+        global_name=args.global_name,
+        global_conf=global_conf,
+        conf=conf,
+        progress=not args.quiet,
+    )
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary, args.out))
+    return 0

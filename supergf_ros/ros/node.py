@@ -1,0 +1,627 @@
+"""The `localizer_node` ROS 2 node: camera images in, camera poses in the map frame out.
+
+Subscribes (sensor-data QoS):
+    ~image (`image_topic`, sensor_msgs/Image: mono8, rgb8, bgr8, rgba8, bgra8, mono16, any step)
+    ~camera_info (`camera_info_topic`, sensor_msgs/CameraInfo)
+Publishes:
+    pose (geometry_msgs/PoseStamped): the camera pose in `map_frame` (world_from_cam), stamped
+        with the image's stamp; only for localized frames.
+    pose_with_covariance (geometry_msgs/PoseWithCovarianceStamped): the same with the PnP
+        refinement's covariance (see `conversions.covariance_to_ros`).
+    status (supergf_ros_msgs/LocalizationStatus): one per processed frame, success or not.
+    /diagnostics (diagnostic_msgs/DiagnosticArray): rate, latency, drops, last error (1 Hz).
+    map_markers (visualization_msgs/MarkerArray, transient local = latched): keyframe frusta
+        and the map's 3D points.
+    /tf (tf2_msgs/TFMessage) map_frame -> camera frame when `publish_tf` is true.
+
+Heavy work runs on a worker thread; the subscription callback only stores the newest frame
+(newest wins, replaced frames count as dropped). Bad input is reported, never fatal. A missing or
+incompatible map or weights file at start-up is a clear error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point, PoseStamped, PoseWithCovarianceStamped
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import (
+    DurabilityPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import ColorRGBA
+from visualization_msgs.msg import Marker, MarkerArray
+
+from supergf_ros.geometry import Camera
+from supergf_ros.ros.conversions import (
+    camera_info_to_camera,
+    covariance_to_ros,
+    image_to_numpy,
+    pose_to_ros,
+)
+
+try:
+    from supergf_ros_msgs.msg import LocalizationStatus
+except ImportError as _err:  # pragma: no cover - environment problem, reported at start-up
+    LocalizationStatus = None
+    _STATUS_IMPORT_ERROR = _err
+
+try:
+    from geometry_msgs.msg import TransformStamped
+    from tf2_msgs.msg import TFMessage
+except ImportError:  # TF is optional (tf2_msgs is not on PyPI; scripts/build_msgs.sh builds it)
+    TFMessage = None
+
+NODE_NAME = "localizer"
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+DEVICES = ("cpu", "cuda")
+FALLBACK_INTRINSICS = ("none", "map", "parameters")
+
+
+class StartupError(RuntimeError):
+    """The node cannot start (bad parameters, missing/incompatible map or weights)."""
+
+
+@dataclass
+class _Param:
+    default: Any
+    description: str
+    read_only: bool = True
+    int_range: tuple[int, int] | None = None
+    float_range: tuple[float, float] | None = None
+    choices: tuple[str, ...] | None = None
+
+
+# name -> declaration. read_only=False ones may change at run time (validated).
+PARAMETERS: dict[str, _Param] = {
+    "map_path": _Param("", "Map file (.h5) written by `supergf-ros build-map`. Required."),
+    "superpoint_weights": _Param(
+        "", "SuperPoint weights (superpoint_v1.pth); empty: $SUPERGF_SUPERPOINT_WEIGHTS."
+    ),
+    "supergf_weights": _Param("", "SuperGF checkpoint; empty: the one the map was built with."),
+    "backend": _Param(
+        "torch", "Inference backend: torch | onnxruntime | tensorrt.", choices=BACKENDS
+    ),
+    "device": _Param(
+        "cpu", "Compute device: cpu | cuda (cuda needs a GPU backend).", choices=DEVICES
+    ),
+    "max_keypoints": _Param(
+        -1, "Query keypoints cap; -1: as the map was built.", int_range=(-1, 16384)
+    ),
+    "resize_max": _Param(
+        0, "Resize queries so the longer side is at most this; 0: as the map.", int_range=(0, 8192)
+    ),
+    "top_k": _Param(5, "Keyframes retrieved per frame.", False, int_range=(1, 100)),
+    "rerank": _Param(False, "Re-rank retrieved keyframes by homography inliers.", False),
+    "ratio_threshold": _Param(
+        0.0, "Lowe ratio test on top of mutual NN; 0: off.", False, float_range=(0.0, 1.0)
+    ),
+    "min_inliers": _Param(
+        12, "Fewer PnP inliers is a failed localization.", False, int_range=(4, 100000)
+    ),
+    "ransac_max_error_px": _Param(
+        12.0, "PnP-RANSAC reprojection threshold (px).", False, float_range=(0.1, 100.0)
+    ),
+    "image_topic": _Param("image", "Camera image topic (sensor_msgs/Image)."),
+    "camera_info_topic": _Param("camera_info", "Camera intrinsics topic (sensor_msgs/CameraInfo)."),
+    "map_frame": _Param("map", "Frame of the map; poses and markers are expressed in it."),
+    "camera_frame": _Param("", "Camera frame for TF; empty: the image's header.frame_id."),
+    "publish_tf": _Param(False, "Broadcast map_frame -> camera frame on /tf.", False),
+    "max_rate_hz": _Param(
+        0.0,
+        "Process at most this many frames per second; 0: no cap.",
+        False,
+        float_range=(0.0, 1000.0),
+    ),
+    "fallback_intrinsics": _Param(
+        "none",
+        "Intrinsics without CameraInfo: none (frame fails) | map (the map's camera of the same "
+        "image size/aspect) | parameters (`intrinsics`).",
+        choices=FALLBACK_INTRINSICS,
+    ),
+    "intrinsics": _Param(
+        [0.0, 0.0, 0.0, 0.0], "Fallback PINHOLE intrinsics [fx, fy, cx, cy] (pixel-centre)."
+    ),
+    "publish_map_markers": _Param(True, "Publish the latched map MarkerArray."),
+    "marker_max_points": _Param(
+        50000, "At most this many 3D points in the map markers.", int_range=(0, 10000000)
+    ),
+    "frustum_scale": _Param(
+        0.0, "Keyframe frustum depth in map units; 0: automatic.", float_range=(0.0, 1000.0)
+    ),
+    "warmup": _Param(True, "Run one dummy frame at start-up so the first real one is fast."),
+    "diagnostics_period_s": _Param(1.0, "Period of /diagnostics.", float_range=(0.05, 60.0)),
+}
+
+# node parameter -> Localizer option (with the "off" value mapped to None)
+_LOCALIZER_KEYS = {
+    "top_k": ("top_k", None),
+    "rerank": ("rerank", None),
+    "ratio_threshold": ("ratio_threshold", 0.0),
+    "min_inliers": ("min_inliers", None),
+    "ransac_max_error_px": ("ransac_max_error_px", None),
+    "max_keypoints": ("max_keypoints", -1),
+    "resize_max": ("resize_max", 0),
+    "superpoint_weights": ("superpoint_weights", ""),
+    "supergf_weights": ("supergf_weights", ""),
+    "backend": ("backend", None),
+}
+
+
+def _descriptor(name: str, p: _Param) -> ParameterDescriptor:
+    d = ParameterDescriptor(name=name, description=p.description, read_only=p.read_only)
+    if p.int_range is not None:
+        d.integer_range = [IntegerRange(from_value=p.int_range[0], to_value=p.int_range[1], step=0)]
+    if p.float_range is not None:
+        d.floating_point_range = [
+            FloatingPointRange(from_value=p.float_range[0], to_value=p.float_range[1], step=0.0)
+        ]
+    if p.choices:
+        d.additional_constraints = "one of: " + ", ".join(p.choices)
+    return d
+
+
+def validate_parameter(name: str, value: Any) -> str:
+    """'' if `value` is valid for parameter `name`, else the reason (beyond type/range checks)."""
+    p = PARAMETERS.get(name)
+    if p is None:
+        return ""
+    if p.choices and value not in p.choices:
+        return f"{name} must be one of {list(p.choices)}, got '{value}'"
+    if p.int_range and not (p.int_range[0] <= int(value) <= p.int_range[1]):
+        return f"{name} must be in [{p.int_range[0]}, {p.int_range[1]}], got {value}"
+    if p.float_range and not (p.float_range[0] <= float(value) <= p.float_range[1]):
+        return f"{name} must be in [{p.float_range[0]}, {p.float_range[1]}], got {value}"
+    if name in ("image_topic", "camera_info_topic", "map_frame") and not str(value).strip():
+        return f"{name} must not be empty"
+    if name == "max_keypoints" and 0 <= int(value) < 16:
+        return f"max_keypoints must be -1 (as the map) or >= 16, got {value}"
+    if name == "intrinsics":
+        vals = list(value)
+        if len(vals) != 4 or not np.all(np.isfinite(vals)):
+            return f"intrinsics must be 4 finite numbers [fx, fy, cx, cy], got {vals}"
+    return ""
+
+
+class LocalizerNode(Node):
+    """The localizer node. Raises `StartupError` when it cannot start."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        if LocalizationStatus is None:
+            raise StartupError(
+                f"the supergf_ros_msgs messages are not built ({_STATUS_IMPORT_ERROR}); "
+                "run `make venv` (scripts/build_msgs.sh) or build supergf_ros_msgs with colcon"
+            )
+        self._lock = threading.Condition()
+        self._pending: tuple[Image, float] | None = None
+        self._stop = False
+        self._camera: Camera | None = None
+        self._camera_error = ""
+        self._counts = {"received": 0, "processed": 0, "dropped": 0, "localized": 0}
+        self._last_error = ""
+        self._recent: deque[tuple[float, float, bool]] = deque(maxlen=200)  # (t, latency, ok)
+        self._localizer = None
+
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        try:
+            for name, p in PARAMETERS.items():
+                self.declare_parameter(name, p.default, _descriptor(name, p))
+        except Exception as err:  # rclpy's InvalidParameterValueException and friends
+            raise StartupError(f"invalid parameter: {err}") from err
+        self.params = {name: self.get_parameter(name).value for name in PARAMETERS}
+
+        self._load_localizer()
+        self._create_interfaces()
+        self._worker = threading.Thread(target=self._work, name="localizer-worker", daemon=True)
+        self._worker.start()
+        m = self._localizer.map
+        self.get_logger().info(
+            f"ready: map {self.params['map_path']} ({len(m.keyframe_names)} keyframes, "
+            f"{len(m.points3D)} points), listening on {self._image_sub.topic_name}"
+        )
+
+    # -- parameters ---------------------------------------------------------------------------
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        for param in params:
+            reason = validate_parameter(param.name, param.value)
+            if not reason and param.name == "device" and param.value != "cpu":
+                reason = (
+                    "device 'cuda' is not available in this build: the Localizer runs on CPU; "
+                    "use backend:=tensorrt for GPU inference"
+                )
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        if self._localizer is not None:  # runtime change: apply to the running localizer
+            with self._lock:
+                for param in params:
+                    self.params[param.name] = param.value
+                    if param.name in _LOCALIZER_KEYS:
+                        key, off = _LOCALIZER_KEYS[param.name]
+                        self._localizer.conf[key] = None if param.value == off else param.value
+            self.get_logger().info(
+                "parameters changed: " + ", ".join(f"{p.name}={p.value}" for p in params)
+            )
+        return SetParametersResult(successful=True)
+
+    def _localizer_conf(self) -> dict[str, Any]:
+        conf = {}
+        for name, (key, off) in _LOCALIZER_KEYS.items():
+            value = self.params[name]
+            conf[key] = None if (off is not None and value == off) else value
+        return conf
+
+    def _load_localizer(self) -> None:
+        map_path = str(self.params["map_path"]).strip()
+        if not map_path:
+            raise StartupError(
+                "parameter map_path is not set; pass -p map_path:=/path/to/map.h5 "
+                "(build one with `supergf-ros build-map`)"
+            )
+        if not Path(map_path).is_file():
+            raise StartupError(f"map file not found: {map_path}")
+        from supergf_ros.localization import Localizer
+
+        try:
+            self._localizer = Localizer.from_map(Path(map_path), self._localizer_conf())
+        except (FileNotFoundError, ValueError, KeyError, OSError) as err:
+            raise StartupError(f"cannot load map {map_path}: {err}") from err
+        if self.params["warmup"]:
+            self._warmup()
+
+    def _warmup(self) -> None:
+        cam = self._localizer.map.cameras[0]
+        rng = np.random.default_rng(0)
+        image = rng.integers(0, 255, (cam.height, cam.width), dtype=np.uint8)
+        t0 = time.perf_counter()
+        try:
+            self._localizer.localize(image, cam)
+        except Exception as err:  # a warm-up failure must not hide behind a later frame
+            raise StartupError(f"the localizer fails on a test frame: {err}") from err
+        self.get_logger().info(f"warm-up frame took {(time.perf_counter() - t0) * 1e3:.0f} ms")
+
+    # -- ROS interfaces -----------------------------------------------------------------------
+    def _create_interfaces(self) -> None:
+        self._pose_pub = self.create_publisher(PoseStamped, "pose", 10)
+        self._pose_cov_pub = self.create_publisher(
+            PoseWithCovarianceStamped, "pose_with_covariance", 10
+        )
+        self._status_pub = self.create_publisher(LocalizationStatus, "status", 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._tf_pub = None
+        if self.params["publish_tf"] or TFMessage is not None:
+            if TFMessage is None:
+                self.get_logger().warning(
+                    "publish_tf is set but tf2_msgs is not installed; TF is disabled "
+                    "(build it with scripts/build_msgs.sh or use a ROS 2 installation)"
+                )
+            else:
+                self._tf_pub = self.create_publisher(TFMessage, "/tf", 100)
+        latched = QoSProfile(
+            depth=1,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        )
+        self._marker_pub = self.create_publisher(MarkerArray, "map_markers", latched)
+        if self.params["publish_map_markers"]:
+            self._marker_pub.publish(self._map_markers())
+
+        self._image_sub = self.create_subscription(
+            Image, self.params["image_topic"], self._on_image, qos_profile_sensor_data
+        )
+        self._info_sub = self.create_subscription(
+            CameraInfo,
+            self.params["camera_info_topic"],
+            self._on_camera_info,
+            qos_profile_sensor_data,
+        )
+        self._diag_timer = self.create_timer(
+            float(self.params["diagnostics_period_s"]), self._publish_diagnostics
+        )
+
+    def _on_image(self, msg: Image) -> None:
+        with self._lock:
+            self._counts["received"] += 1
+            if self._pending is not None:
+                self._counts["dropped"] += 1
+            self._pending = (msg, time.perf_counter())
+            self._lock.notify()
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            camera = camera_info_to_camera(msg)
+        except ValueError as err:
+            with self._lock:
+                self._camera_error = f"invalid CameraInfo: {err}"
+            self.get_logger().warning(self._camera_error, throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self._camera, self._camera_error = camera, ""
+
+    # -- processing ---------------------------------------------------------------------------
+    def _work(self) -> None:
+        next_time = 0.0
+        while True:
+            with self._lock:
+                while not self._stop and (self._pending is None or time.perf_counter() < next_time):
+                    timeout = None if self._pending is None else next_time - time.perf_counter()
+                    self._lock.wait(timeout)
+                if self._stop:
+                    return
+                msg, received = self._pending
+                self._pending = None
+                rate = float(self.params["max_rate_hz"])
+            start = time.perf_counter()
+            next_time = start + (1.0 / rate if rate > 0 else 0.0)
+            try:
+                self._process(msg, received, start)
+            except Exception as err:  # never let one frame kill the worker
+                self._report_failure(msg, f"internal error: {type(err).__name__}: {err}", {}, 0.0)
+
+    def _camera_for(self, image: np.ndarray) -> Camera:
+        h, w = image.shape[:2]
+        with self._lock:
+            camera, camera_error = self._camera, self._camera_error
+        if camera is None:
+            mode = self.params["fallback_intrinsics"]
+            if mode == "parameters":
+                fx, fy, cx, cy = (float(v) for v in self.params["intrinsics"])
+                if fx <= 0 or fy <= 0:
+                    raise ValueError("fallback intrinsics parameter has no positive focal lengths")
+                return Camera.pinhole(fx, fy, cx, cy, w, h)
+            if mode == "map":
+                return self._map_camera(w, h)
+            raise ValueError(
+                camera_error
+                or f"no CameraInfo received on {self._info_sub.topic_name} (set "
+                "fallback_intrinsics to 'map' or 'parameters' to run without it)"
+            )
+        if (camera.width, camera.height) != (w, h):
+            if abs(camera.width * h - camera.height * w) > max(w, h):
+                raise ValueError(
+                    f"CameraInfo is {camera.width}x{camera.height} but the image is {w}x{h}"
+                )
+            camera = camera.scaled(w / camera.width, h / camera.height)
+        return camera
+
+    def _map_camera(self, w: int, h: int) -> Camera:
+        for cam in self._localizer.map.cameras:
+            if (cam.width, cam.height) == (w, h):
+                return cam
+        for cam in self._localizer.map.cameras:
+            if abs(cam.width * h - cam.height * w) <= max(w, h):
+                return cam.scaled(w / cam.width, h / cam.height)
+        raise ValueError(f"no CameraInfo received and no map camera matches the {w}x{h} image")
+
+    def _process(self, msg: Image, received: float, start: float) -> None:
+        queue_ms = (start - received) * 1e3
+        try:
+            image = image_to_numpy(msg)
+            camera = self._camera_for(image)
+        except ValueError as err:
+            self._report_failure(msg, f"bad input: {err}", {}, queue_ms)
+            return
+        try:
+            result = self._localizer.localize(image, camera)
+        except ValueError as err:
+            self._report_failure(msg, f"bad input: {err}", {}, queue_ms)
+            return
+        if not result.success:
+            self._report_failure(msg, result.reason or "localization failed", result, queue_ms)
+            return
+        self._publish_pose(msg, result)
+        with self._lock:  # count before the status goes out, so its counters include this frame
+            self._counts["processed"] += 1
+            self._counts["localized"] += 1
+            self._recent.append((time.perf_counter(), (time.perf_counter() - received) * 1e3, True))
+        self._publish_status(msg, result, "", queue_ms)
+
+    def _report_failure(self, msg: Image, reason: str, result: Any, queue_ms: float) -> None:
+        self.get_logger().warning(f"frame failed: {reason}", throttle_duration_sec=5.0)
+        with self._lock:
+            self._counts["processed"] += 1
+            self._last_error = reason
+            self._recent.append((time.perf_counter(), float("nan"), False))
+        self._publish_status(msg, result or None, reason, queue_ms)
+
+    def _publish_pose(self, msg: Image, result: Any) -> None:
+        position, quat = pose_to_ros(result.cam_from_world)
+        ps = PoseStamped()
+        ps.header.stamp = msg.header.stamp
+        ps.header.frame_id = self.params["map_frame"]
+        ps.pose.position.x, ps.pose.position.y, ps.pose.position.z = (float(v) for v in position)
+        o = ps.pose.orientation
+        o.x, o.y, o.z, o.w = (float(v) for v in quat)
+        pc = PoseWithCovarianceStamped()
+        pc.header = ps.header
+        pc.pose.pose = ps.pose
+        if result.covariance is not None and np.isfinite(result.covariance).all():
+            cov = covariance_to_ros(result.cam_from_world, result.covariance)
+        else:  # no estimate from the refinement: say "unknown but large" rather than certain
+            cov = np.diag([1e3] * 6)
+        pc.pose.covariance = [float(v) for v in cov.reshape(-1)]
+        self._pose_pub.publish(ps)
+        self._pose_cov_pub.publish(pc)
+        if self._tf_pub is not None and self.params["publish_tf"]:
+            tf = TransformStamped()
+            tf.header = ps.header
+            tf.child_frame_id = self.params["camera_frame"] or msg.header.frame_id or "camera"
+            tf.transform.translation.x = ps.pose.position.x
+            tf.transform.translation.y = ps.pose.position.y
+            tf.transform.translation.z = ps.pose.position.z
+            tf.transform.rotation = ps.pose.orientation
+            self._tf_pub.publish(TFMessage(transforms=[tf]))
+
+    def _publish_status(self, msg: Image, result: Any, reason: str, queue_ms: float) -> None:
+        st = LocalizationStatus()
+        st.header.stamp = msg.header.stamp
+        st.header.frame_id = self.params["map_frame"]
+        st.success = not reason
+        st.failure_reason = reason
+        if result is not None:
+            st.num_inliers = int(result.num_inliers)
+            st.num_matches = int(result.num_matches)
+            st.retrieved_keyframes = [str(n) for n in result.retrieved]
+            t = result.timings_ms
+            st.extract_ms = float(t.get("extract", 0.0))
+            st.global_ms = float(t.get("global", 0.0))
+            st.retrieval_ms = float(t.get("retrieval", 0.0))
+            st.matching_ms = float(t.get("matching", 0.0))
+            st.pose_ms = float(t.get("pose", 0.0))
+            st.total_ms = float(t.get("total", 0.0))
+        st.queue_ms = float(queue_ms)
+        with self._lock:
+            st.frames_received = self._counts["received"]
+            st.frames_processed = self._counts["processed"]
+            st.frames_dropped = self._counts["dropped"]
+            st.frames_localized = self._counts["localized"]
+        self._status_pub.publish(st)
+
+    # -- diagnostics and markers --------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            counts = dict(self._counts)
+            last_error = self._last_error
+            recent = [r for r in self._recent if now - r[0] <= 10.0]
+            camera_error = self._camera_error
+        window = [r for r in recent if now - r[0] <= 5.0]
+        rate = len(window) / 5.0
+        lat = np.array([r[1] for r in recent if r[2]], dtype=np.float64)
+        ok = [r[2] for r in recent]
+        st = DiagnosticStatus()
+        st.name = f"{self.get_name()}: localization"
+        st.hardware_id = "supergf_ros"
+        if recent and not any(ok):
+            st.level, st.message = DiagnosticStatus.ERROR, f"no frame localized: {last_error}"
+        elif recent and not ok[-1]:
+            st.level, st.message = DiagnosticStatus.WARN, f"last frame failed: {last_error}"
+        elif counts["received"] == 0:
+            st.level, st.message = DiagnosticStatus.WARN, "no images received"
+        else:
+            st.level, st.message = DiagnosticStatus.OK, "localizing"
+        values = {
+            "rate_hz": f"{rate:.2f}",
+            "latency_ms_mean": f"{lat.mean():.1f}" if lat.size else "nan",
+            "latency_ms_max": f"{lat.max():.1f}" if lat.size else "nan",
+            "frames_received": str(counts["received"]),
+            "frames_processed": str(counts["processed"]),
+            "frames_localized": str(counts["localized"]),
+            "frames_dropped": str(counts["dropped"]),
+            "last_error": last_error,
+            "camera_info_error": camera_error,
+            "map": str(self.params["map_path"]),
+        }
+        st.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [st]
+        self._diag_pub.publish(arr)
+
+    def _map_markers(self) -> MarkerArray:
+        m = self._localizer.map
+        frame = self.params["map_frame"]
+        centers = np.array([p.center for p in m.cam_from_world]).reshape(-1, 3)
+        scale = float(self.params["frustum_scale"])
+        if scale <= 0:
+            extent = float(np.linalg.norm(np.ptp(centers, axis=0))) if len(centers) > 1 else 1.0
+            scale = max(0.05, 0.05 * extent)
+        frusta = Marker()
+        frusta.header.frame_id = frame
+        frusta.ns, frusta.id, frusta.type = "keyframes", 0, Marker.LINE_LIST
+        frusta.action = Marker.ADD
+        frusta.pose.orientation.w = 1.0
+        frusta.scale.x = scale * 0.03
+        frusta.color = ColorRGBA(r=0.1, g=0.6, b=1.0, a=1.0)
+        for cam, pose in zip(m.cameras, m.cam_from_world):
+            K_inv = np.linalg.inv(cam.K)
+            corners = np.array(
+                [
+                    [-0.5, -0.5],
+                    [cam.width - 0.5, -0.5],
+                    [cam.width - 0.5, cam.height - 0.5],
+                    [-0.5, cam.height - 0.5],
+                ]
+            )
+            rays = (K_inv @ np.c_[corners, np.ones(4)].T).T * scale
+            world = pose.inverse().transform(rays)
+            apex = pose.center
+            for i in range(4):
+                frusta.points += [_point(apex), _point(world[i])]
+                frusta.points += [_point(world[i]), _point(world[(i + 1) % 4])]
+        points = Marker()
+        points.header.frame_id = frame
+        points.ns, points.id, points.type = "points3D", 0, Marker.POINTS
+        points.action = Marker.ADD
+        points.pose.orientation.w = 1.0
+        points.scale.x = points.scale.y = scale * 0.05
+        points.color = ColorRGBA(r=0.9, g=0.9, b=0.9, a=0.8)
+        xyz = np.asarray(m.points3D, dtype=np.float64).reshape(-1, 3)
+        limit = int(self.params["marker_max_points"])
+        if len(xyz) > limit:
+            xyz = xyz[np.random.default_rng(0).choice(len(xyz), limit, replace=False)]
+        points.points = [_point(p) for p in xyz]
+        return MarkerArray(markers=[frusta, points])
+
+    def shutdown(self) -> None:
+        """Stop the worker thread (call before destroy_node)."""
+        with self._lock:
+            self._stop = True
+            self._lock.notify_all()
+        if self._worker.is_alive():
+            self._worker.join(timeout=30.0)
+
+
+def _point(xyz: np.ndarray) -> Point:
+    return Point(x=float(xyz[0]), y=float(xyz[1]), z=float(xyz[2]))
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script `localizer_node`: run until shut down; exit 2 when start-up fails."""
+    try:
+        rclpy.init(args=args)
+    except Exception as err:  # e.g. a missing --params-file
+        print(f"localizer_node: error: cannot initialize ROS: {err}", file=sys.stderr)
+        return 2
+    try:
+        node = LocalizerNode()
+    except StartupError as err:
+        print(f"localizer_node: error: {err}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,609 @@
+"""`supergf-ros replay BAG --map MAP.h5`: play a bag through the real localizer node and measure.
+
+Starts `localizer_node` as a separate process in an isolated ROS domain with loopback-only
+discovery (Fast DDS over shared memory + UDP on `lo`), publishes the bag's CameraInfo + Image
+messages over ROS 2, collects the node's poses and status messages, and reports:
+
+- end-to-end latency (image publish -> pose received) p50/p95, throughput, frames in/localized/
+  dropped, mean per-stage timings, the node's peak memory (RSS);
+- with reference poses (from the bag's source file, see `make_bag`), the pose recall and median
+  errors exactly as `supergf-ros evaluate --json` computes them;
+- a PNG of the estimated vs reference trajectory, the poses as a results file and the JSON.
+
+Playback: `--rate R` plays at R times the bag's timing (as `ros2 bag play --rate`), so the node
+drops frames when it is slower than the camera; `--as-fast-as-possible` publishes each frame as
+soon as the previous one's status arrived (lock-step: no drops, pure pipeline latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FASTDDS_LOOPBACK_PROFILE = """<?xml version="1.0" encoding="UTF-8"?>
+<profiles xmlns="http://www.eprosima.com">
+  <transport_descriptors>
+    <transport_descriptor>
+      <transport_id>supergf_shm</transport_id>
+      <type>SHM</type>
+      <segment_size>16777216</segment_size>
+    </transport_descriptor>
+    <transport_descriptor>
+      <transport_id>supergf_udp_lo</transport_id>
+      <type>UDPv4</type>
+      <interfaces>
+        <allowlist>
+          <interface name="lo" netmask_filter="AUTO"/>
+        </allowlist>
+      </interfaces>
+    </transport_descriptor>
+  </transport_descriptors>
+  <participant profile_name="supergf_loopback" is_default_profile="true">
+    <rtps>
+      <userTransports>
+        <transport_id>supergf_shm</transport_id>
+        <transport_id>supergf_udp_lo</transport_id>
+      </userTransports>
+      <useBuiltinTransports>false</useBuiltinTransports>
+    </rtps>
+  </participant>
+</profiles>
+"""
+
+
+def isolated_ros_env(domain_id: int, profile_path: Path) -> dict[str, str]:
+    """Environment variables for an isolated, loopback-only ROS 2 domain."""
+    if not 0 <= domain_id <= 101:
+        raise ValueError(f"ROS domain id must be in [0, 101], got {domain_id}")
+    return {
+        "ROS_DOMAIN_ID": str(domain_id),
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "ROS_STATIC_PEERS": "",
+        "FASTDDS_DEFAULT_PROFILES_FILE": str(profile_path),
+        "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
+    }
+
+
+@contextlib.contextmanager
+def _patched_environ(values: dict[str, str]):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def read_bag_frames(bag_path: Path, image_topic: str | None, info_topic: str | None) -> dict:
+    """Raw CDR messages of the bag: {"images": [(stamp_ns, raw)], "infos": [...], topics}."""
+    from rosbags.rosbag2 import Reader
+
+    if not (bag_path / "metadata.yaml").is_file():
+        raise FileNotFoundError(f"not a rosbag2 folder (no metadata.yaml): {bag_path}")
+    with Reader(bag_path) as reader:
+        by_type: dict[str, list[str]] = {}
+        for c in reader.connections:
+            by_type.setdefault(c.msgtype, []).append(c.topic)
+        image_topic = image_topic or _single(by_type, "sensor_msgs/msg/Image", bag_path)
+        info_topic = info_topic or (by_type.get("sensor_msgs/msg/CameraInfo") or [None])[0]
+        conns = [c for c in reader.connections if c.topic in (image_topic, info_topic)]
+        images, infos = [], []
+        for conn, stamp, raw in reader.messages(connections=conns):
+            (images if conn.topic == image_topic else infos).append((int(stamp), bytes(raw)))
+    if not images:
+        raise ValueError(f"bag {bag_path} has no messages on image topic {image_topic}")
+    return {"images": images, "infos": infos, "image_topic": image_topic, "info_topic": info_topic}
+
+
+def _single(by_type: dict[str, list[str]], msgtype: str, bag: Path) -> str:
+    topics = by_type.get(msgtype, [])
+    if len(topics) != 1:
+        raise ValueError(f"bag {bag} has {len(topics)} {msgtype} topics {topics}; pick one")
+    return topics[0]
+
+
+def _header_stamp_ns(raw: bytes, msgtype: Any) -> int:
+    from rclpy.serialization import deserialize_message
+
+    from supergf_ros.ros.conversions import stamp_to_ns
+
+    return stamp_to_ns(deserialize_message(raw, msgtype).header.stamp)
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def replay_bag(
+    bag_path: str | Path,
+    map_path: str | Path,
+    *,
+    rate: float = 1.0,
+    as_fast_as_possible: bool = False,
+    params_file: str | Path | None = None,
+    node_params: dict[str, Any] | None = None,
+    domain_id: int | None = None,
+    output_dir: str | Path | None = None,
+    startup_timeout_s: float = 180.0,
+    frame_timeout_s: float = 60.0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Replay `bag_path` through a freshly started localizer node; return the metrics dict.
+
+    Keys: latency_ms_p50, latency_ms_p95, latency_ms_mean, throughput_hz, frames_in,
+    frames_processed, frames_localized, frames_dropped, stage_ms_mean, node_peak_rss_mb,
+    node_exit_code, domain_id, and with reference poses recall, median_translation_m,
+    median_rotation_deg (as `supergf-ros evaluate --json`); plus output file paths.
+    """
+    bag_path, map_path = Path(bag_path), Path(map_path)
+    if not map_path.is_file():
+        raise FileNotFoundError(f"map file not found: {map_path}")
+    if not as_fast_as_possible and not rate > 0:
+        raise ValueError(f"rate must be positive, got {rate}")
+    if params_file is not None and not Path(params_file).is_file():
+        raise FileNotFoundError(f"params file not found: {params_file}")
+    from supergf_ros.ros.make_bag import read_source
+
+    source = read_source(bag_path) or {}
+    frames = read_bag_frames(bag_path, source.get("image_topic"), source.get("camera_info_topic"))
+    out_dir = Path(output_dir) if output_dir else Path("outputs") / "replay" / bag_path.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if domain_id is None:
+        domain_id = random.SystemRandom().randint(1, 101)
+
+    with tempfile.TemporaryDirectory(prefix="supergf_replay_") as tmp:
+        profile = Path(tmp) / "fastdds_loopback.xml"
+        profile.write_text(FASTDDS_LOOPBACK_PROFILE)
+        env = isolated_ros_env(domain_id, profile)
+        with _patched_environ(env):
+            result = _run_replay(
+                frames,
+                map_path,
+                rate=rate,
+                as_fast_as_possible=as_fast_as_possible,
+                params_file=params_file,
+                node_params=node_params or {},
+                out_dir=out_dir,
+                startup_timeout_s=startup_timeout_s,
+                frame_timeout_s=frame_timeout_s,
+                progress=progress,
+            )
+    result["domain_id"] = domain_id
+    result.update(_evaluate(result.pop("_poses"), source, out_dir))
+    result["bag"] = str(bag_path)
+    result["map"] = str(map_path)
+    _write_json_atomic(out_dir / "replay.json", result)
+    result["json"] = str(out_dir / "replay.json")
+    return result
+
+
+def _node_command(map_path: Path, params_file, node_params: dict, frames: dict) -> list[str]:
+    cmd = [sys.executable, "-m", "supergf_ros.ros.node", "--ros-args"]
+    if params_file is not None:
+        cmd += ["--params-file", str(params_file)]
+    params = {
+        "map_path": str(map_path.resolve()),
+        "image_topic": frames["image_topic"],
+        **({"camera_info_topic": frames["info_topic"]} if frames["info_topic"] else {}),
+        **node_params,
+    }
+    for key, value in params.items():
+        if isinstance(value, bool):
+            value = str(value).lower()
+        cmd += ["-p", f"{key}:={value}"]
+    return cmd
+
+
+def _run_replay(
+    frames: dict,
+    map_path: Path,
+    *,
+    rate: float,
+    as_fast_as_possible: bool,
+    params_file,
+    node_params: dict,
+    out_dir: Path,
+    startup_timeout_s: float,
+    frame_timeout_s: float,
+    progress: bool,
+) -> dict[str, Any]:
+    import rclpy
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from supergf_ros.ros.conversions import ros_to_pose, stamp_to_ns
+
+    try:
+        from supergf_ros_msgs.msg import LocalizationStatus
+    except ImportError as err:
+        raise ValueError(
+            f"supergf_ros_msgs is not built ({err}); run `make venv` or scripts/build_msgs.sh"
+        ) from err
+
+    images = [(_header_stamp_ns(raw, Image), t, raw) for t, raw in frames["images"]]
+    infos = [(_header_stamp_ns(raw, CameraInfo), t, raw) for t, raw in frames["infos"]]
+    log_path = out_dir / "node.log"
+    cmd = _node_command(map_path, params_file, node_params, frames)
+    log_file = open(log_path, "w")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
+
+    context = rclpy.Context()
+    rclpy.init(args=[], context=context, domain_id=int(os.environ["ROS_DOMAIN_ID"]))
+    node = rclpy.create_node("supergf_replay", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spin = threading.Thread(target=executor.spin, daemon=True)
+    lock = threading.Condition()
+    poses: dict[int, tuple[float, Any]] = {}
+    statuses: dict[int, tuple[float, Any]] = {}
+
+    def on_pose(msg: PoseStamped) -> None:
+        with lock:
+            poses[stamp_to_ns(msg.header.stamp)] = (
+                time.perf_counter(),
+                ros_to_pose(msg.pose.position, msg.pose.orientation),
+            )
+            lock.notify_all()
+
+    def on_status(msg: Any) -> None:
+        with lock:
+            statuses[stamp_to_ns(msg.header.stamp)] = (time.perf_counter(), msg)
+            lock.notify_all()
+
+    reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    image_pub = node.create_publisher(Image, frames["image_topic"], reliable)
+    info_pub = node.create_publisher(CameraInfo, frames["info_topic"] or "camera_info", reliable)
+    node.create_subscription(PoseStamped, "/pose", on_pose, reliable)
+    status_sub = node.create_subscription(LocalizationStatus, "/status", on_status, reliable)
+    spin.start()
+    published: dict[int, float] = {}
+    exit_code = None
+    peak_rss = None
+    try:
+        _wait_for_node(proc, image_pub, status_sub, startup_timeout_s, log_path)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(images), desc="replay", unit="frame")
+        t_start = time.perf_counter()
+        stamp0 = images[0][1]
+        info_i = 0
+        for stamp_ns, bag_t, raw in images:
+            if not as_fast_as_possible:
+                delay = t_start + (bag_t - stamp0) / 1e9 / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            while info_i < len(infos) and infos[info_i][1] <= bag_t:
+                info_pub.publish(infos[info_i][2])
+                info_i += 1
+            if proc.poll() is not None:
+                raise RuntimeError(f"the node exited during replay:\n{_tail(log_path)}")
+            published[stamp_ns] = time.perf_counter()
+            image_pub.publish(raw)
+            if as_fast_as_possible:
+                with lock:
+                    lock.wait_for(lambda s=stamp_ns: s in statuses, timeout=frame_timeout_s)
+            if bar is not None:
+                bar.update()
+        # wait for the frames in flight: every frame answered, or nothing new for a while
+        deadline = time.perf_counter() + frame_timeout_s
+        with lock:
+            while time.perf_counter() < deadline and not set(published) <= set(statuses):
+                n = len(statuses)
+                lock.wait(timeout=2.0)
+                if len(statuses) == n and _node_idle(statuses, published):
+                    break
+        t_end = time.perf_counter()
+        if bar is not None:
+            bar.close()
+        peak_rss = _peak_rss_mb(proc.pid)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                exit_code = proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                exit_code = proc.wait()
+        else:
+            exit_code = proc.returncode
+        log_file.close()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+        spin.join(timeout=5)
+
+    with lock:
+        poses_c, statuses_c = dict(poses), dict(statuses)
+    latencies = (
+        np.array(
+            [poses_c[s][0] - published[s] for s in published if s in poses_c], dtype=np.float64
+        )
+        * 1e3
+    )
+    processed = [s for s in published if s in statuses_c]
+    answer_times = [statuses_c[s][0] for s in processed]
+    duration = (max(answer_times) - t_start) if answer_times else t_end - t_start
+    stage_keys = ("extract_ms", "global_ms", "retrieval_ms", "matching_ms", "pose_ms", "total_ms")
+    stage_ms = (
+        {
+            k: round(float(np.mean([getattr(statuses_c[s][1], k) for s in processed])), 2)
+            for k in stage_keys
+        }
+        if processed
+        else {}
+    )
+    failures: dict[str, int] = {}
+    for s in processed:
+        reason = statuses_c[s][1].failure_reason
+        if reason:
+            failures[reason] = failures.get(reason, 0) + 1
+    return {
+        "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies.size else None,
+        "latency_ms_p95": float(np.percentile(latencies, 95)) if latencies.size else None,
+        "latency_ms_mean": float(latencies.mean()) if latencies.size else None,
+        "throughput_hz": len(processed) / duration if duration > 0 and processed else 0.0,
+        "frames_in": len(published),
+        "frames_processed": len(processed),
+        "frames_localized": sum(1 for s in published if s in poses_c),
+        "frames_dropped": len(published) - len(processed),
+        "stage_ms_mean": stage_ms,
+        "failure_reasons": failures,
+        "node_peak_rss_mb": None if peak_rss is None else round(peak_rss, 1),
+        "node_exit_code": exit_code,
+        "mode": "as_fast_as_possible" if as_fast_as_possible else f"rate x{rate:g}",
+        "duration_s": round(duration, 3),
+        "node_log": str(log_path),
+        "_poses": {s: poses_c[s][1] for s in published if s in poses_c},
+    }
+
+
+def _node_idle(statuses: dict, published: dict) -> bool:
+    """True when the node's own counters say every received frame was processed or dropped."""
+    if not statuses:
+        return False
+    last = max(statuses.values(), key=lambda v: v[0])[1]
+    return last.frames_processed + last.frames_dropped >= last.frames_received and (
+        last.frames_received >= len(published)
+    )
+
+
+def _wait_for_node(proc, image_pub, status_sub, timeout_s: float, log_path: Path) -> None:
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"the localizer node exited with code {proc.returncode} during start-up:\n"
+                f"{_tail(log_path)}"
+            )
+        if image_pub.get_subscription_count() > 0 and status_sub.get_publisher_count() > 0:
+            time.sleep(0.5)  # let the reverse direction of discovery settle
+            return
+        time.sleep(0.1)
+    raise RuntimeError(
+        f"the localizer node did not come up within {timeout_s:.0f} s:\n{_tail(log_path)}"
+    )
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _evaluate(poses_by_stamp: dict[int, Any], source: dict, out_dir: Path) -> dict[str, Any]:
+    """Recall/median errors (as `evaluate --json`), results file and trajectory PNG."""
+    from supergf_ros.datasets import write_results
+    from supergf_ros.geometry import Pose
+
+    frames = source.get("frames", [])
+    name_of = {int(f["stamp_ns"]): f["name"] for f in frames}
+    estimates = {name_of.get(s, str(s)): p for s, p in sorted(poses_by_stamp.items())}
+    out: dict[str, Any] = {}
+    write_results(out_dir / "poses.txt", estimates)
+    out["results"] = str(out_dir / "poses.txt")
+    gt = {
+        f["name"]: Pose(np.array(f["cam_from_world"][:4]), np.array(f["cam_from_world"][4:]))
+        for f in frames
+        if "cam_from_world" in f
+    }
+    if gt and len(gt) == len(frames):
+        from supergf_ros.evaluation.metrics import pose_errors, pose_metrics
+
+        errors = pose_errors(estimates, gt, [f["name"] for f in frames])
+        metrics = pose_metrics(errors)
+        out["recall"] = metrics["recall"]
+        out["median_translation_m"] = metrics["median_translation_m"]
+        out["median_rotation_deg"] = metrics["median_rotation_deg"]
+        out["errors"] = {n: (None if e is None else [e[0], e[1]]) for n, e in errors.items()}
+    out["trajectory_png"] = str(
+        plot_trajectory(estimates, gt, out_dir / "trajectory.png", [f["name"] for f in frames])
+    )
+    return out
+
+
+def plot_trajectory(estimates: dict, reference: dict, path: Path, order: list[str]) -> Path:
+    """Top view (the reference's two main axes) of estimated vs reference camera centres."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in order if n in reference] or list(estimates)
+    ref = np.array([reference[n].center for n in names if n in reference]).reshape(-1, 3)
+    est_names = [n for n in (order or list(estimates)) if n in estimates]
+    est = np.array([estimates[n].center for n in est_names]).reshape(-1, 3)
+    pts = ref if len(ref) >= 2 else est
+    mean = pts.mean(axis=0) if len(pts) else np.zeros(3)
+    if len(pts) >= 2:
+        _, _, vt = np.linalg.svd(pts - mean)
+        axes = vt[:2]
+    else:
+        axes = np.eye(3)[:2]
+
+    def proj(x: np.ndarray) -> np.ndarray:
+        return (x - mean) @ axes.T if len(x) else np.zeros((0, 2))
+
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+    if len(ref):
+        r = proj(ref)
+        ax.plot(r[:, 0], r[:, 1], "-o", color="0.5", ms=4, label=f"reference ({len(ref)})")
+    if len(est):
+        e = proj(est)
+        ax.plot(
+            e[:, 0], e[:, 1], "x", color="tab:red", ms=7, mew=2, label=f"estimated ({len(est)})"
+        )
+        for n, p in zip(est_names, e):
+            if n in reference:
+                q = proj(reference[n].center[None])[0]
+                ax.plot([p[0], q[0]], [p[1], q[1]], "-", color="tab:red", lw=0.8)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel("principal axis 1 [m]")
+    ax.set_ylabel("principal axis 2 [m]")
+    ax.set_title(f"replay: {len(est)} of {len(order) or len(est)} frames localized")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """Human-readable summary of `replay_bag`'s result."""
+
+    def fmt(v, spec=".1f"):
+        return "n/a" if v is None else format(v, spec)
+
+    lines = [
+        f"frames: {r['frames_in']} in, {r['frames_processed']} processed, "
+        f"{r['frames_localized']} localized, {r['frames_dropped']} dropped ({r['mode']})",
+        f"latency (publish -> pose): p50 {fmt(r['latency_ms_p50'])} ms, "
+        f"p95 {fmt(r['latency_ms_p95'])} ms; throughput {r['throughput_hz']:.2f} Hz",
+        f"node peak memory (RSS): {fmt(r['node_peak_rss_mb'])} MB",
+    ]
+    if r.get("stage_ms_mean"):
+        lines.append(
+            "mean stage times: "
+            + ", ".join(f"{k[:-3]} {v:.1f} ms" for k, v in r["stage_ms_mean"].items())
+        )
+    if "recall" in r:
+        lines.append("recall: " + ", ".join(f"{k} {v:.3f}" for k, v in r["recall"].items()))
+        if r["median_translation_m"] is not None:
+            lines.append(
+                f"median errors: {r['median_translation_m']:.4f} m, "
+                f"{r['median_rotation_deg']:.4f} deg"
+            )
+    if r.get("failure_reasons"):
+        top = sorted(r["failure_reasons"].items(), key=lambda kv: -kv[1])[:3]
+        lines.append("failures: " + "; ".join(f"{n}x {k}" for k, n in top))
+    lines.append(f"trajectory plot: {r['trajectory_png']}; results: {r['json']}")
+    return "\n".join(lines)
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    if ":=" not in text:
+        raise ValueError(f"node parameter must look like NAME:=VALUE, got '{text}'")
+    key, value = text.split(":=", 1)
+    return key.strip(), value
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "replay",
+        help="replay a bag through the real localizer node; latency, throughput, recall",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument("bag", type=Path, help="rosbag2 folder (e.g. from `supergf-ros make-bag`)")
+    p.add_argument("--map", type=Path, required=True, help="map file (.h5)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--rate", type=float, default=1.0, help="speed factor vs the bag timing")
+    mode.add_argument(
+        "--as-fast-as-possible",
+        action="store_true",
+        help="publish each frame once the previous one is answered (lock-step)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--output", type=Path, help="output folder (default outputs/replay/<bag>)")
+    p.add_argument("--params-file", type=Path, help="node parameters YAML (ros__parameters)")
+    p.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME:=VALUE",
+        help="node parameter override (repeatable)",
+    )
+    p.add_argument("--superpoint-weights", type=Path, help="SuperPoint weights for the node")
+    p.add_argument("--domain-id", type=int, help="ROS domain id (default: random in 1..101)")
+    p.add_argument("--startup-timeout", type=float, default=180.0, help="seconds (default 180)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    node_params = dict(_parse_param(t) for t in args.param)
+    if args.superpoint_weights:
+        if not args.superpoint_weights.is_file():
+            raise FileNotFoundError(f"SuperPoint weights not found: {args.superpoint_weights}")
+        node_params["superpoint_weights"] = str(args.superpoint_weights.resolve())
+    try:
+        result = replay_bag(
+            args.bag,
+            args.map,
+            rate=args.rate,
+            as_fast_as_possible=args.as_fast_as_possible,
+            params_file=args.params_file,
+            node_params=node_params,
+            domain_id=args.domain_id,
+            output_dir=args.output,
+            startup_timeout_s=args.startup_timeout,
+            progress=not args.json,
+        )
+    except RuntimeError as err:
+        print(f"supergf-ros replay: error: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        result.pop("errors", None)
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_report(result))
+    return 0

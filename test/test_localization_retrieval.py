@@ -1,0 +1,43 @@
+"""FAISS retrieval index: exact and approximate search agree, bad input is rejected."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from supergf_ros.localization import GlobalIndex
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_flat_and_hnsw_agree_on_clustered_data():
+    rng = np.random.default_rng(0)
+    db = _unit(rng.standard_normal((2000, 64)))
+    queries = _unit(db[:50] + 0.05 * rng.standard_normal((50, 64)))
+    flat = GlobalIndex(db, kind="flat")
+    hnsw = GlobalIndex(db, kind="hnsw")
+    assert flat.kind == "flat" and hnsw.kind == "hnsw" and len(hnsw) == 2000
+    agree = 0
+    for i, q in enumerate(queries):
+        idx, sims = flat.search(q, 5)
+        assert idx[0] == i and np.all(np.diff(sims) <= 1e-6)  # exact: best first
+        np.testing.assert_allclose(sims, db[idx] @ q, atol=1e-5)
+        agree += int(hnsw.search(q, 5)[0][0] == i)
+    assert agree >= 48
+    assert GlobalIndex(db, kind="auto", auto_max_exact=100).kind == "hnsw"
+    assert GlobalIndex(db[:10], kind="auto").kind == "flat"
+
+
+def test_search_clips_k_and_rejects_bad_input():
+    db = _unit(np.eye(3, 8) + 0.1)
+    index = GlobalIndex(db)
+    idx, _ = index.search(db[1], 10)
+    assert len(idx) == 3 and idx[0] == 1
+    with pytest.raises(ValueError, match="dim"):
+        index.search(np.ones(5, np.float32), 1)
+    with pytest.raises(ValueError, match="retrieval index"):
+        GlobalIndex(db, kind="ivf")
+    with pytest.raises(ValueError, match="non-empty"):
+        GlobalIndex(np.zeros((0, 8), np.float32))

@@ -1,0 +1,205 @@
+"""make-bag + replay through the real node (separate process, isolated domain); the launch file.
+
+Acceptance: Herz-Jesus-P25 odd images replayed against a SuperPoint map of its even images
+localize >= 90% of frames within (0.25 m, 2 deg).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "supergf_ros.cli"]
+
+
+def test_make_bag_writes_mcap_with_source_and_reference_poses(cache_dir, tmp_path):
+    from rosbags.rosbag2 import Reader
+    from rosbags.typesys import Stores, get_typestore
+
+    from supergf_ros.ros.make_bag import make_bag, read_source
+    from supergf_ros.ros.testing import synthetic_sift_map
+
+    scene = synthetic_sift_map(cache_dir)
+    names = scene["queries"][:3]
+    summary = make_bag(
+        scene["scene"],
+        tmp_path / "b",
+        image_names=names,
+        rate_hz=4.0,
+        encoding="bgr8",
+        progress=False,
+    )
+    assert summary["num_frames"] == 3 and summary["has_poses"]
+    assert summary["duration_s"] == pytest.approx(0.5)
+    ts = get_typestore(Stores.ROS2_KILTED)
+    with Reader(tmp_path / "b") as reader:
+        assert reader.message_count == 6
+        assert reader.connections[0].msgtype == "sensor_msgs/msg/Image"
+        conn = reader.connections[0]
+        stamps = []
+        for c, t, raw in reader.messages(connections=[conn]):
+            msg = ts.deserialize_cdr(raw, c.msgtype)
+            assert (msg.width, msg.height, msg.encoding) == (320, 240, "bgr8")
+            stamps.append(t)
+    assert list((tmp_path / "b").glob("*.mcap"))
+    source = read_source(tmp_path / "b")
+    assert [f["name"] for f in source["frames"]] == names
+    assert [f["stamp_ns"] for f in source["frames"]] == stamps
+    with pytest.raises(ValueError, match="exists"):
+        make_bag(scene["scene"], tmp_path / "b", image_names=names, progress=False)
+
+
+@pytest.mark.ros
+def test_replay_at_rate_drops_frames_and_reports(cache_dir, tmp_path):
+    from supergf_ros.ros.make_bag import make_bag
+    from supergf_ros.ros.testing import synthetic_sift_map
+
+    scene = synthetic_sift_map(cache_dir)
+    make_bag(
+        scene["scene"], tmp_path / "q", image_names=scene["queries"], rate_hz=30.0, progress=False
+    )
+    proc = subprocess.run(
+        [
+            *CLI,
+            "replay",
+            str(tmp_path / "q"),
+            "--map",
+            str(scene["map"]),
+            "--json",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout)
+    assert r["frames_in"] == len(scene["queries"])
+    assert r["frames_dropped"] >= 1  # 30 Hz camera, ~4 Hz pipeline: newest frame wins
+    assert r["frames_processed"] + r["frames_dropped"] == r["frames_in"]
+    assert r["frames_localized"] >= 1 and r["node_exit_code"] == 0
+    assert Path(r["trajectory_png"]).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+@pytest.mark.ros
+def test_acceptance_herz_jesus_p25_replay(data_dir, superpoint_weights, cache_dir, tmp_path):
+    from supergf_ros.datasets import Dataset
+    from supergf_ros.mapping.build_map import build_map
+
+    dataset = data_dir / "strecha" / "Herz-Jesus-P25"
+    names = Dataset(dataset).names
+    even, odd = names[0::2], names[1::2]
+    map_path = cache_dir / "ros_herzjesu25_even_superpoint.h5"
+    if not map_path.is_file():
+        build_map(
+            dataset,
+            map_path,
+            image_names=even,
+            features="superpoint",
+            extractor_conf={"weights": str(superpoint_weights)},
+            progress=False,
+        )
+    queries = tmp_path / "odd.txt"
+    queries.write_text("".join(f"{n}\n" for n in odd))
+    bag = tmp_path / "hj25_odd"
+    make = subprocess.run(
+        [
+            *CLI,
+            "make-bag",
+            str(dataset),
+            "--queries",
+            str(queries),
+            "--out",
+            str(bag),
+            "--rate",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert make.returncode == 0, make.stderr[-2000:]
+    proc = subprocess.run(
+        [
+            *CLI,
+            "replay",
+            str(bag),
+            "--map",
+            str(map_path),
+            "--as-fast-as-possible",
+            "--json",
+            "--superpoint-weights",
+            str(superpoint_weights),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout)
+    print(json.dumps({k: v for k, v in r.items() if k != "errors"}, indent=1))
+    for key in (
+        "latency_ms_p50",
+        "latency_ms_p95",
+        "throughput_hz",
+        "frames_in",
+        "frames_localized",
+        "frames_dropped",
+        "recall",
+    ):
+        assert key in r
+    assert r["frames_in"] == len(odd) and r["frames_dropped"] == 0
+    assert r["recall"]["0.25m_2deg"] >= 0.9, r
+    assert r["latency_ms_p50"] > 0 and r["throughput_hz"] > 0
+    assert (tmp_path / "out" / "trajectory.png").is_file()
+    # the results file evaluates the same with `supergf-ros evaluate`
+    ev = subprocess.run(
+        [*CLI, "evaluate", r["results"], str(dataset), "--queries", str(queries), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["recall"] == r["recall"]
+
+
+def test_launch_file_is_valid_and_references_existing_things():
+    launch = REPO / "launch" / "localize.launch.py"
+    tree = ast.parse(launch.read_text())  # valid Python
+    funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert "generate_launch_description" in funcs
+    consts = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)}
+    # the executable it starts is a console script the package installs
+    setup_py = (REPO / "setup.py").read_text()
+    assert "localizer_node" in consts
+    assert re.search(r'"localizer_node = supergf_ros\.ros\.node:main"', setup_py)
+    assert "supergf_ros" in consts
+    # every file it references is in the package and installed by setup.py's data_files
+    for rel in ("config/localize.yaml", "config/supergf.rviz"):
+        assert (REPO / rel).is_file()
+    assert {"localize.yaml", "supergf.rviz"} <= consts
+    for arg in ("map", "params_file", "image_topic", "namespace"):
+        assert arg in consts
+
+
+def test_params_file_declares_only_known_parameters():
+    import yaml
+
+    from supergf_ros.ros.node import PARAMETERS
+
+    params = yaml.safe_load((REPO / "config" / "localize.yaml").read_text())["/**"]
+    declared = params["ros__parameters"]
+    assert set(declared) == set(PARAMETERS)
+    for name, value in declared.items():
+        assert type(value) is type(PARAMETERS[name].default), name
