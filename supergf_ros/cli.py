@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
-            if err.name == module_name:  # subcommand not part of this build
-                continue
+            if err.name and (module_name + ".").startswith(err.name + "."):
+                continue  # subcommand not part of this build
+
             raise
         module.add_parser(subparsers)
     return parser
