@@ -8,6 +8,7 @@ import pytest
 
 from supergf_ros.cli import main
 from supergf_ros.evaluation.benchmark import format_table, time_ms
+from supergf_ros.models import default_weights_path, load_checkpoint
 
 
 @pytest.mark.slow
@@ -28,7 +29,10 @@ def test_benchmark_cli_json(tmp_path, superpoint_weights, capsys):
     assert ratio == pytest.approx(expected, rel=0.01)
     setup = result["setup"]
     assert setup["image_size"] == [128, 96] and setup["superpoint_weights"].endswith(".pth")
-    assert setup["supergf_configs"]["sparse"]["latent_dim"] == 512  # paper config timed
+    # the shipped checkpoint's config when it exists, else the paper config (random weights)
+    shipped = default_weights_path("sparse", "superpoint")
+    latent = load_checkpoint(shipped)[0].conf["latent_dim"] if shipped.is_file() else 512
+    assert setup["supergf_configs"]["sparse"]["latent_dim"] == latent
     assert "SuperGF-sparse (100 kp)" in captured.err  # the readable table
     assert "median latency" in format_table(result)
 

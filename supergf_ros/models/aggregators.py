@@ -486,13 +486,18 @@ def create_aggregator(name: str, **conf: Any) -> GlobalAggregator:
     return AGGREGATORS[name](**conf)
 
 
+# Best first, by the held-out Recall@1 of the shipped weights (supergf_ros/weights/MODEL_CARD.md):
+# the CPU-trained SuperGF checkpoints do not yet beat the training-free VLAD and GeM.
+RETRIEVAL_RANKING = ("vlad", "gem", "supergf-sparse", "supergf-dense")
+
+
 def available_global_descriptors(features: str = "superpoint") -> list[str]:
-    """Global descriptors usable with `features`, best first (SuperGF only if weights ship)."""
+    """Global descriptors usable with `features`, best first (SuperGF only where weights ship)."""
     if features not in FEATURE_DIMS:
         raise ValueError(
             f"unknown local features '{features}'; choose one of {sorted(FEATURE_DIMS)}"
         )
-    names = [
+    shipped = {
         f"supergf-{v}" for v in ("sparse", "dense") if default_weights_path(v, features).is_file()
-    ]
-    return [*names, "vlad", "gem"]
+    }
+    return [name for name in RETRIEVAL_RANKING if name in shipped or not name.startswith("supergf")]

@@ -1,0 +1,109 @@
+"""Retrieval benchmark of the trained SuperGF weights on held-out data (see MODEL_CARD.md).
+
+Usage: python scripts/train_eval_retrieval.py [--shared ../shared] [--dense CKPT] [--sparse CKPT]
+       [--cache-dir .cache/h5train/eval_features] [--json OUT.json]
+
+Data (never used for training): vpr/corridor (111 queries vs 111 references; ground truth from
+ground_truth_new.npy) and strecha/Herz-Jesus-P25 (odd images as queries, even images as the
+database; positives: overlap >= 0.5 from `load_project_dataset`, and a strict variant: the two
+database images with the highest overlap). Methods over the same SuperPoint features (images
+resized to the training size): SuperGF dense/sparse, training-free GeM and VLAD (codebook fitted
+on the database), and the raw-pixel baseline (32x24 grayscale, cosine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from supergf_ros.features import create_extractor
+from supergf_ros.models.aggregators import create_aggregator
+from supergf_ros.training.cache import FeatureCache
+from supergf_ros.training.data import load_project_dataset
+from supergf_ros.training.trainer import recall_at_n
+
+
+def raw_pixels(paths: list[Path]) -> np.ndarray:
+    out = []
+    for p in paths:
+        im = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+        v = cv2.resize(im, (32, 24), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+        out.append(v / (np.linalg.norm(v) + 1e-8))
+    return np.stack(out)
+
+
+def describe(method: str, feats_q, feats_db, weights: dict[str, Path]) -> tuple[np.ndarray, ...]:
+    if method.startswith("supergf"):
+        agg = create_aggregator(method, weights=str(weights[method]))
+    else:
+        agg = create_aggregator(method)
+    if agg.needs_fit:
+        agg.fit(list(feats_db))
+    return agg.batch(list(feats_q)), agg.batch(list(feats_db))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--shared", type=Path, default=Path("../shared"))
+    p.add_argument(
+        "--dense", type=Path, default=Path("supergf_ros/weights/supergf_dense_superpoint.pt")
+    )
+    p.add_argument(
+        "--sparse", type=Path, default=Path("supergf_ros/weights/supergf_sparse_superpoint.pt")
+    )
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache/h5train/eval_features"))
+    p.add_argument("--image-size", nargs=2, type=int, default=[320, 240])
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    data = args.shared / "data"
+    extractor = create_extractor(
+        "superpoint", weights=str(args.shared / "weights" / "superpoint_v1.pth"), max_keypoints=512
+    )
+    cache = FeatureCache(args.cache_dir, extractor, tuple(args.image_size))
+    weights = {"supergf-dense": args.dense, "supergf-sparse": args.sparse}
+    methods = [m for m in ("supergf-dense", "supergf-sparse") if weights[m].is_file()]
+    methods += ["gem", "vlad"]
+
+    benchmarks = {}
+    # corridor
+    root = data / "vpr" / "corridor"
+    q_paths = sorted((root / "query").glob("*.jpg"))
+    db_paths = sorted((root / "ref").glob("*.jpg"))
+    gt = np.load(root / "ground_truth_new.npy", allow_pickle=True)
+    positives = [np.asarray(gt[i][1]) for i in range(len(q_paths))]
+    benchmarks["corridor"] = (q_paths, db_paths, {"gt": positives})
+    # Herz-Jesus-P25
+    s = load_project_dataset(data / "strecha" / "Herz-Jesus-P25")
+    q_ids, db_ids = np.arange(1, len(s.paths), 2), np.arange(0, len(s.paths), 2)
+    ov = s.overlap[np.ix_(q_ids, db_ids)]
+    pos_05 = [np.flatnonzero(r >= 0.5) for r in ov]
+    pos_top2 = [np.argsort(-r)[:2] for r in ov]
+    benchmarks["herz-jesus-p25"] = (
+        [s.paths[i] for i in q_ids],
+        [s.paths[i] for i in db_ids],
+        {"overlap>=0.5": pos_05, "top2-overlap": pos_top2},
+    )
+
+    results: dict = {}
+    for name, (qp, dbp, gts) in benchmarks.items():
+        fq, fdb = cache.load(qp), cache.load(dbp)
+        descs = {m: describe(m, fq, fdb, weights) for m in methods}
+        descs["raw-pixels"] = (raw_pixels(qp), raw_pixels(dbp))
+        for gt_name, pos in gts.items():
+            for m, (dq, ddb) in descs.items():
+                r = recall_at_n(dq @ ddb.T, pos)
+                results[f"{name}/{gt_name}/{m}"] = r
+                print(
+                    f"{name:16s} {gt_name:13s} {m:15s} "
+                    + " ".join(f"{k}={v:.3f}" for k, v in r.items())
+                )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

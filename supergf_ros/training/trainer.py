@@ -1,0 +1,628 @@
+"""The SuperGF training loop: frozen cached local features -> SuperGF -> listwise soft AP loss.
+
+`train(train_sets, val_sets, cache, conf, output_dir)` runs on one process or under ``torchrun``
+(torch.distributed is initialised from the environment when WORLD_SIZE is set: gloo on CPU,
+nccl on CUDA). The code path is the same for any number of processes: every rank takes its own
+slice of each step's queries, and gradients are averaged over ranks with all-reduce (data
+parallel, as DDP does; done by hand because one step runs several forward passes).
+Rank 0 writes, in `output_dir`:
+
+- ``checkpoint_last.pt``: model config + weights, optimizer, LR scheduler and RNG state, step,
+  the training config and the log so far (written atomically; `resume=True` continues exactly:
+  batches depend only on (seed, step), so the next losses are the same as without the stop);
+- ``model_last.pt`` and ``model_best.pt`` (best validation Recall@1): self-describing model
+  checkpoints from `supergf_ros.models.save_checkpoint`;
+- ``log.csv`` (step, epoch, lr, loss, ap_loss, decorrelation, train_ap, val_r@1/5/10, seconds)
+  and ``training.png`` (loss and validation recall curves).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..features.base import LocalFeatures
+from .data import CandidateSampler, ImageSet
+from .losses import APLoss, decorrelation_loss
+
+default_conf: dict[str, Any] = {
+    "model": "supergf-dense",  # "supergf-dense" | "supergf-sparse"
+    "model_conf": {},  # merged into the model's default_conf (latent_dim, mlp_dim, ...)
+    "features": "superpoint",
+    "extractor_conf": {"max_keypoints": 512},
+    "image_size": [320, 240],  # (w, h) every image is resized to before feature extraction
+    "num_positives": 1,
+    "num_soft_negatives": 2,
+    "num_negatives": 100,
+    "positive_threshold": 0.5,
+    "in_batch_candidates": True,  # also rank the other queries' candidates (labels known)
+    "batch_size": 4,  # queries per step (per process under DDP)
+    "steps": 1000,
+    "lr": 1e-4,
+    "lr_min": 1e-6,
+    "weight_decay": 1e-4,
+    "warmup_steps": 0,
+    "grad_clip": 1.0,
+    "ap_bins": 25,
+    "ap_mode": "tie_aware",  # "tie_aware" | "quantized"
+    # "minmax": rescale each query's similarities to [-1, 1] before binning (ranking, hence the
+    # exact AP, is unchanged; the histogram then resolves descriptors that start out nearly
+    # identical, as sparse SuperGF's do); "none": raw cosine; "auto": minmax for sparse only
+    "similarity_scaling": "auto",
+    "decorrelation_weight": 0.1,  # sparse only
+    "slot_init_scale": "auto",  # sparse, from scratch: scale the learned slots ("auto": 1/sqrt(dim))
+    "forward_chunk": 64,  # images per forward pass
+    "val_every": 100,
+    "checkpoint_every": 100,
+    "seed": 0,
+}
+
+
+def merge_conf(conf: dict[str, Any] | None) -> dict[str, Any]:
+    """`default_conf` updated with `conf`; unknown keys raise ValueError."""
+    conf = dict(conf or {})
+    unknown = set(conf) - set(default_conf)
+    if unknown:
+        raise ValueError(
+            f"unknown training option(s) {sorted(unknown)}; valid: {sorted(default_conf)}"
+        )
+    merged = {**copy.deepcopy(default_conf), **conf}
+    if merged["similarity_scaling"] not in ("auto", "none", "minmax"):
+        raise ValueError(
+            f"similarity_scaling must be auto, none or minmax, got {merged['similarity_scaling']}"
+        )
+    if merged["model"] not in ("supergf-dense", "supergf-sparse"):
+        raise ValueError(
+            f"model must be 'supergf-dense' or 'supergf-sparse', got {merged['model']}"
+        )
+    for key in ("batch_size", "steps", "forward_chunk", "val_every", "checkpoint_every"):
+        if int(merged[key]) < 1:
+            raise ValueError(f"training option {key} must be >= 1, got {merged[key]}")
+    if not 0 < float(merged["lr_min"]) <= float(merged["lr"]):
+        raise ValueError(f"need 0 < lr_min <= lr, got lr={merged['lr']}, lr_min={merged['lr_min']}")
+    return merged
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def _dist_setup() -> tuple[int, int, torch.device]:
+    """(rank, world_size, device); initialises torch.distributed when WORLD_SIZE is set."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+# ----------------------------------------------------------------------------- model inputs
+
+
+def features_to_inputs(
+    model_name: str, feats: Sequence[LocalFeatures], device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Batch LocalFeatures into the model's input dict (dense maps stacked; sparse padded)."""
+    if model_name == "supergf-dense":
+        if any(f.dense is None for f in feats):
+            raise ValueError(
+                "supergf-dense training needs dense descriptor maps from the extractor"
+            )
+        shapes = {f.dense.shape for f in feats}
+        if len(shapes) != 1:
+            raise ValueError(f"dense maps of one batch must share a shape, got {sorted(shapes)}")
+        dense = np.stack([f.dense for f in feats]).astype(np.float32)
+        return {"dense": torch.from_numpy(dense).to(device)}
+    n = max(1, max(len(f) for f in feats))
+    b = len(feats)
+    dim = feats[0].descriptors.shape[1]
+    kpts = np.zeros((b, n, 2), np.float32)
+    desc = np.zeros((b, n, dim), np.float32)
+    scores = np.zeros((b, n), np.float32)
+    mask = np.zeros((b, n), bool)
+    for i, f in enumerate(feats):
+        k = len(f)
+        kpts[i, :k], desc[i, :k], scores[i, :k], mask[i, :k] = (
+            f.keypoints,
+            f.descriptors,
+            f.scores,
+            True,
+        )
+    size = np.array([f.image_size for f in feats], np.float32)
+    arrays = {"keypoints": kpts, "descriptors": desc, "scores": scores, "image_size": size}
+    out = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+    out["mask"] = torch.from_numpy(mask).to(device)
+    return out
+
+
+def embed(
+    model: torch.nn.Module,
+    model_name: str,
+    feats: Sequence[LocalFeatures],
+    chunk: int = 64,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Global descriptors (B, E) of `feats` and, for sparse, the decorrelation loss (mean)."""
+    descs, decor = [], []
+    for i in range(0, len(feats), chunk):
+        part = feats[i : i + chunk]
+        inputs = features_to_inputs(model_name, part, device)
+        out = model(inputs)
+        descs.append(out["global_descriptor"])
+        if "attention" in out:
+            decor.append(decorrelation_loss(out["attention"], inputs.get("mask")) * len(part))
+    d = torch.cat(descs)
+    return d, (torch.stack(decor).sum() / len(feats) if decor else None)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def recall_at_n(
+    similarity: np.ndarray, positives: Sequence[np.ndarray], ns: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """Recall@N: the fraction of queries with a positive among their N most similar candidates.
+
+    Args:
+        similarity: (Q, D) query-to-database similarities (higher is better).
+        positives: per query, the indices of its positive database items (queries without any
+            are not counted).
+    """
+    similarity = np.asarray(similarity)
+    if similarity.ndim != 2 or len(positives) != similarity.shape[0]:
+        raise ValueError(
+            f"similarity must be (Q, D) with one positives list per query, got "
+            f"{similarity.shape} and {len(positives)} lists"
+        )
+    order = np.argsort(-similarity, axis=1, kind="stable")
+    hits = {n: 0 for n in ns}
+    counted = 0
+    for q, pos in enumerate(positives):
+        pos = np.asarray(pos)
+        if len(pos) == 0:
+            continue
+        counted += 1
+        for n in ns:
+            hits[n] += bool(np.isin(order[q, :n], pos).any())
+    if counted == 0:
+        raise ValueError("no query has a positive: Recall@N is undefined")
+    return {f"r@{n}": hits[n] / counted for n in ns}
+
+
+@torch.no_grad()
+def evaluate_sets(
+    model: torch.nn.Module,
+    model_name: str,
+    sets: Sequence[ImageSet],
+    features: Sequence[Sequence[LocalFeatures]],
+    threshold: float = 0.5,
+    chunk: int = 64,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Recall@1/5/10 and mAP over ImageSets (each query ranks its set's database minus itself;
+    positives: overlap >= `threshold`)."""
+    was_training = model.training
+    model.eval()
+    recalls: list[dict[str, float]] = []
+    weights, aps = [], []
+    ap_loss = APLoss()
+    for s, feats in zip(sets, features):
+        desc = embed(model, model_name, feats, chunk, device)[0].cpu()
+        for q in s.query_ids:
+            db = s.db_ids[s.db_ids != q]
+            lab = torch.from_numpy(s.overlap[q, db])
+            if (lab >= threshold).any():
+                binary = (lab >= threshold).float().numpy()
+                aps.append(float(_exact_ap_soft((desc[db] @ desc[q]).numpy(), binary)))
+        sim = (desc[s.query_ids] @ desc.T).numpy()
+        positives = []
+        for r, q in enumerate(s.query_ids):
+            sim[r, q] = -np.inf
+            mask = np.zeros(len(s.paths), bool)
+            mask[s.db_ids] = True
+            sim[r, ~mask] = -np.inf
+            positives.append(
+                np.flatnonzero(mask & (s.overlap[q] >= threshold) & (np.arange(len(mask)) != q))
+            )
+        if any(len(p) for p in positives):
+            recalls.append(recall_at_n(sim, positives))
+            weights.append(sum(len(p) > 0 for p in positives))
+    del ap_loss
+    model.train(was_training)
+    if not recalls:
+        return {}
+    w = np.array(weights, float) / sum(weights)
+    out = {k: float(sum(wi * r[k] for wi, r in zip(w, recalls))) for k in recalls[0]}
+    out["map"] = float(np.mean(aps)) if aps else float("nan")
+    return out
+
+
+def _exact_ap_soft(scores: np.ndarray, labels: np.ndarray) -> float:
+    order = np.argsort(-scores, kind="stable")
+    ranked = labels[order].astype(np.float64)
+    total = ranked.sum()
+    if total <= 0:
+        return 0.0
+    precision = np.cumsum(ranked) / np.arange(1, len(ranked) + 1)
+    return float((ranked * precision).sum() / total)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+LOG_FIELDS = [
+    "step",
+    "epoch",
+    "lr",
+    "loss",
+    "ap_loss",
+    "decorrelation",
+    "train_ap",
+    "val_r@1",
+    "val_r@5",
+    "val_r@10",
+    "val_map",
+    "seconds",
+]
+
+
+def write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write the CSV log atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: r.get(k, "") for k in LOG_FIELDS})
+    _atomic_write_text(path, buf.getvalue())
+
+
+def plot_log(path: Path, rows: Sequence[dict[str, Any]], title: str = "") -> None:
+    """PNG with the training loss (left) and validation Recall@N (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("loss", "ap_loss", "decorrelation"):
+        vals = [r.get(key) for r in rows]
+        pts = [(s, v) for s, v in zip(steps, vals) if v not in (None, "")]
+        if pts:
+            ax0.plot(*zip(*pts), label=key)
+    ax0.set_xlabel("step")
+    ax0.set_ylabel("loss")
+    if ax0.lines:
+        ax0.legend()
+    ax0.grid(alpha=0.3)
+    for key in ("val_r@1", "val_r@5", "val_r@10"):
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) not in (None, "")]
+        if pts:
+            ax1.plot(*zip(*pts), marker="o", label=key)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("validation recall")
+    ax1.set_ylim(0, 1.02)
+    if ax1.lines:
+        ax1.legend()
+    ax1.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _lr_lambda(conf: dict[str, Any]):
+    total, warm = int(conf["steps"]), int(conf["warmup_steps"])
+    ratio = float(conf["lr_min"]) / float(conf["lr"])
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def minmax_scale(sims: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Map each row's valid similarities affinely onto [-1, 1] (order-preserving)."""
+    big = torch.finfo(sims.dtype).max
+    hi = torch.where(mask, sims, -big).amax(1, keepdim=True)
+    lo = torch.where(mask, sims, big).amin(1, keepdim=True)
+    return torch.where(mask, 2 * (sims - lo) / (hi - lo).clamp(min=1e-6) - 1, sims)
+
+
+def batch_queries(
+    num_queries: int, batch_size: int, step: int, seed: int
+) -> tuple[int, np.ndarray]:
+    """(epoch, query numbers) of global `step`: epochs are seeded permutations of the queries."""
+    per_epoch = max(1, num_queries // batch_size)
+    epoch, k = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(num_queries)
+    return epoch, perm[k * batch_size : (k + 1) * batch_size]
+
+
+def train(
+    train_sets: Sequence[ImageSet],
+    val_sets: Sequence[ImageSet],
+    feature_cache,
+    conf: dict[str, Any] | None,
+    output_dir: str | Path,
+    *,
+    resume: bool = False,
+    init_weights: str | Path | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train SuperGF on `train_sets`, validating on `val_sets`.
+
+    Args:
+        train_sets, val_sets: ImageSets (`supergf_ros.training.data`).
+        feature_cache: a `FeatureCache` (frozen local features; extracted once, then read back).
+        conf: training options, see `default_conf`.
+        output_dir: where checkpoints, log.csv and training.png go.
+        resume: continue from ``output_dir/checkpoint_last.pt`` (must exist).
+        init_weights: start from this SuperGF checkpoint (fine-tuning) instead of random init.
+        stop_after: stop (with a checkpoint) after this global step, e.g. to test `resume`.
+    Returns:
+        summary dict: steps, final_loss, best_val (metrics), seconds, paths.
+    """
+    from tqdm import tqdm
+
+    from ..models import build_model, load_checkpoint, save_checkpoint
+
+    conf = merge_conf(conf)
+    output_dir = Path(output_dir)
+    rank, world, device = _dist_setup()
+    is_main = rank == 0
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = output_dir / "checkpoint_last.pt"
+
+    sampler = CandidateSampler(
+        train_sets,
+        conf["num_positives"],
+        conf["num_soft_negatives"],
+        conf["num_negatives"],
+        conf["positive_threshold"],
+    )
+    # features: rank 0 extracts missing ones first, the others then read the cache
+    import torch.distributed as dist
+
+    all_paths = list(sampler.paths) + [p for s in val_sets for p in s.paths]
+    if is_main:
+        feature_cache.prepare(all_paths, progress=progress)
+    if dist.is_initialized():
+        dist.barrier()
+    train_feats = feature_cache.load(sampler.paths)
+    val_feats = [feature_cache.load(s.paths) for s in val_sets]
+
+    torch.manual_seed(int(conf["seed"]))
+    if init_weights is not None:
+        model, info = load_checkpoint(init_weights, expected_model=conf["model"])
+        conf["model_conf"] = {k: v for k, v in info["config"].items()}
+    else:
+        model = build_model(conf["model"], conf["model_conf"])
+        scale = conf["slot_init_scale"]
+        if hasattr(model, "slot_attention") and scale is not None:
+            # unit-variance learned slots dominate the tokens (slot + mean of values), so every
+            # image starts with almost the same descriptor and the AP loss has no signal
+            scale = model.dim**-0.5 if scale == "auto" else float(scale)
+            with torch.no_grad():
+                model.slot_attention.slots.mul_(scale)
+    model = model.to(device).train()
+    if dist.is_initialized():  # same initial weights on every rank
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, 0)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=float(conf["lr"]), weight_decay=float(conf["weight_decay"])
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(conf))
+    criterion = APLoss(num_bins=int(conf["ap_bins"]), mode=conf["ap_mode"]).to(device)
+    is_sparse = conf["model"] == "supergf-sparse"
+
+    start_step, rows, best = 0, [], {"r@1": -1.0}
+    if resume:
+        if not ckpt_path.is_file():
+            raise ValueError(f"--resume: no checkpoint at {ckpt_path}")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        saved = json.loads(state["conf"])
+        for key in ("model", "model_conf", "steps", "batch_size", "seed", "lr", "lr_min"):
+            if saved[key] != conf[key]:
+                raise ValueError(
+                    f"--resume: option {key}={conf[key]!r} differs from the checkpoint's "
+                    f"{saved[key]!r}; resume with the same configuration"
+                )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_step = int(state["step"])
+        rows = json.loads(state["log"])
+        best = json.loads(state["best"])
+
+    def save_state(step: int) -> None:
+        _atomic_torch_save(
+            {
+                "step": step,
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "model_name": conf["model"],
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "conf": json.dumps(conf),
+                "log": json.dumps(rows),
+                "best": json.dumps(best),
+            },
+            ckpt_path,
+        )
+
+    extra = {
+        "training": {
+            "conf": json.loads(json.dumps(conf)),
+            "train_sets": [s.name for s in train_sets],
+            "val_sets": [s.name for s in val_sets],
+            "feature_cache": json.loads(json.dumps(feature_cache.identity, default=str)),
+        }
+    }
+    t0 = time.time()
+    steps = int(conf["steps"])
+    bs = int(conf["batch_size"])
+    bar = tqdm(
+        range(start_step, steps),
+        initial=start_step,
+        total=steps,
+        desc=f"train {conf['model']}",
+        disable=not (progress and is_main),
+    )
+    last_loss = float("nan")
+    for step in bar:
+        epoch, queries = batch_queries(len(sampler), bs * world, step, int(conf["seed"]))
+        queries = queries[rank * bs : (rank + 1) * bs]
+        rng = np.random.default_rng([int(conf["seed"]), step, rank])
+        samples = [sampler.sample(int(q), rng) for q in queries]
+        images = list(dict.fromkeys([i for s in samples for i in (s.query, *s.candidates)]))
+        index = {img: k for k, img in enumerate(images)}
+        desc, decor = embed(
+            model,
+            conf["model"],
+            [train_feats[i] for i in images],
+            int(conf["forward_chunk"]),
+            device,
+        )
+        if conf["in_batch_candidates"]:
+            cand_lists = [[i for i in images if i != s.query] for s in samples]
+        else:
+            cand_lists = [list(s.candidates) for s in samples]
+        width = max(len(c) for c in cand_lists)
+        sims = torch.zeros(len(samples), width, device=device)
+        labels = torch.zeros(len(samples), width, device=device)
+        mask = torch.zeros(len(samples), width, dtype=torch.bool, device=device)
+        for r, (s, cands) in enumerate(zip(samples, cand_lists)):
+            idx = torch.tensor([index[c] for c in cands], device=device)
+            sims[r, : len(cands)] = desc[idx] @ desc[index[s.query]]
+            labels[r, : len(cands)] = torch.tensor(
+                [sampler.label(s.query, c) for c in cands], device=device
+            )
+            mask[r, : len(cands)] = True
+        scaling = conf["similarity_scaling"]
+        if scaling == "minmax" or (scaling == "auto" and is_sparse):
+            sims = minmax_scale(sims, mask)
+        out = criterion(sims, labels, mask)
+        loss = out["loss"]
+        if is_sparse and decor is not None and float(conf["decorrelation_weight"]) > 0:
+            loss = loss + float(conf["decorrelation_weight"]) * decor
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if dist.is_initialized():  # data parallel: average the gradients of all ranks
+            for p in model.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad /= world
+        if float(conf["grad_clip"]) > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(conf["grad_clip"]))
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        last_loss = float(loss.detach())
+        row: dict[str, Any] = {
+            "step": step + 1,
+            "epoch": epoch,
+            "lr": lr,
+            "loss": last_loss,
+            "ap_loss": float(out["loss"].detach()),
+            "decorrelation": float(decor.detach()) if decor is not None else "",
+            "train_ap": float(out["ap"].mean()),
+            "seconds": round(time.time() - t0, 2),
+        }
+        done = step + 1
+        if val_sets and (done % int(conf["val_every"]) == 0 or done == steps) and is_main:
+            metrics = evaluate_sets(
+                model,
+                conf["model"],
+                val_sets,
+                val_feats,
+                conf["positive_threshold"],
+                int(conf["forward_chunk"]),
+                device,
+            )
+            row.update({f"val_{k}": v for k, v in metrics.items()})
+            if metrics and metrics["r@1"] > best["r@1"]:
+                best = {**metrics, "step": done}
+                save_checkpoint(
+                    output_dir / "model_best.pt", model, {**extra, "step": done, "val": metrics}
+                )
+        rows.append(row)
+        if progress and is_main:
+            bar.set_postfix(loss=f"{last_loss:.4f}", ap=f"{row['train_ap']:.3f}")
+        stop = stop_after is not None and done >= stop_after
+        if is_main and (done % int(conf["checkpoint_every"]) == 0 or done == steps or stop):
+            save_state(done)
+            write_log(output_dir / "log.csv", rows)
+            plot_log(output_dir / "training.png", rows, f"{conf['model']} ({conf['features']})")
+        if stop:
+            break
+    seconds = time.time() - t0
+    summary = {
+        "steps": steps,
+        "final_loss": last_loss,
+        "best_val": best if best["r@1"] >= 0 else {},
+        "seconds": round(seconds, 1),
+        "output_dir": str(output_dir),
+    }
+    if is_main and not (stop_after is not None and stop_after < steps):
+        save_checkpoint(
+            output_dir / "model_last.pt", model, {**extra, "step": steps, "summary": summary}
+        )
+        if not (output_dir / "model_best.pt").exists():
+            save_checkpoint(output_dir / "model_best.pt", model, {**extra, "step": steps})
+    if dist.is_initialized():
+        dist.barrier()
+    return {**summary, "rows": rows}
