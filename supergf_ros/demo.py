@@ -40,9 +40,13 @@ def run_demo(
     width: int = 640,
     height: int = 480,
     seed: int = 0,
+    backend: str = "auto",
     progress: bool = True,
 ) -> dict:
-    """Run the demo; return the replay result (see `replay_bag`) plus "features" and timings."""
+    """Run the demo; return the replay result (see `replay_bag`) plus "features" and timings.
+
+    `backend` runs SuperPoint/SuperGF in the map builder and the node ("auto": the fastest
+    available here, e.g. ONNX Runtime on a CPU)."""
     from supergf_ros.datasets import read_image_list
     from supergf_ros.datasets.synthetic import SceneConfig, generate_scene
     from supergf_ros.mapping.build_map import build_map
@@ -68,7 +72,11 @@ def run_demo(
             else "using SIFT local features (--features sift)."
         )
     else:
+        from supergf_ros.inference.backends import select_backend
+
+        choice = select_backend(backend)
         print(f"using SuperPoint local features with weights {weights}")
+        print(f"inference backend: {choice.backend} on {choice.device} ({choice.reason})")
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -88,6 +96,7 @@ def run_demo(
         image_names=read_image_list(scene / "mapping.txt"),
         features=chosen,
         extractor_conf=extractor_conf,
+        backend=backend,
         progress=progress,
     )
     print(
@@ -112,6 +121,7 @@ def run_demo(
     t = time.perf_counter()
     print("[4/4] replaying the bag through the ROS 2 localizer node (separate process)")
     node_params = {"superpoint_weights": str(Path(weights).resolve())} if weights else {}
+    node_params["backend"] = backend
     result = replay_bag(
         bag,
         map_path,
@@ -139,6 +149,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-queries", type=int, default=10, help="query frames (default 10)")
     p.add_argument("--size", default="640x480", help="image size WxH (default 640x480)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnxruntime", "tensorrt"],
+        help="inference backend of the networks (default auto: the fastest available)",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -160,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         width=width,
         height=height,
         seed=args.seed,
+        backend=args.backend,
     )
     print()
     print(f"demo ({result['features']} features) finished in {time.perf_counter() - t0:.0f} s")

@@ -239,6 +239,9 @@ def test_diagnostics_report_counters_and_last_error(harness):
     assert d.status[0].level == DiagnosticStatus.WARN
     assert int(values["frames_received"]) >= 3 and int(values["frames_localized"]) >= 1
     assert {"rate_hz", "latency_ms_mean", "frames_dropped"} <= set(values)
+    # the inference backend and why (SIFT + VLAD map: no network runs), also in the node log
+    assert values["backend"] == "none" and "need no network" in values["backend_reason"]
+    assert "inference backend: none" in harness.log.read_text()
 
 
 def _values(diag) -> dict:
@@ -303,6 +306,30 @@ def test_startup_failures_exit_2_with_a_clear_error(scene, tmp_path, args, messa
         )
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
+
+
+def test_unavailable_backend_or_device_is_a_startup_error(scene):
+    from supergf_ros.inference.backends import available_backends
+
+    status = available_backends()
+    cases = []
+    if status["tensorrt:cuda"] != "available":
+        cases.append("backend:=tensorrt")
+    if all(v != "available" for k, v in status.items() if k.endswith(":cuda")):
+        cases.append("device:=cuda")
+    if not cases:
+        pytest.skip("TensorRT and CUDA are available here")
+    with IsolatedRos() as ros:
+        for arg in cases:
+            proc = subprocess.run(
+                [str(NODE_EXE), "--ros-args", "-p", f"map_path:={scene['map']}", "-p", arg],
+                env=ros.env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert proc.returncode == 2, proc.stderr
+            assert "not available here. Available:" in proc.stderr, proc.stderr
 
 
 def test_tf_is_broadcast_after_enabling_it_at_run_time(harness):

@@ -1,12 +1,20 @@
-"""`supergf-ros benchmark`: CPU latency of the networks a localizer runs per query image.
+"""`supergf-ros benchmark`: latency of the networks and of whole localization steps.
 
 Measures, at 640x480 by default, with warm-up and medians over repeated runs:
 - SuperPoint (the "superpoint" extractor: network forward + NMS/top-k/descriptor sampling);
 - SuperGF-dense over the SuperPoint dense map; SuperGF-sparse over 1024 keypoints;
 - NetVLAD (VGG16 conv5_3 + NetVLAD, 64 clusters), the separate global network a two-network
   system would run instead of SuperGF;
-each with PyTorch and ONNX Runtime. Weights do not change the cost: missing weights are replaced by
-seeded random initializations (reported in the output).
+each with every requested backend (PyTorch and ONNX Runtime on a CPU; TensorRT where available).
+Weights do not change the cost: missing weights are replaced by seeded random initializations
+(reported in the output).
+
+Then, with SuperPoint weights, the end-to-end "pipeline" benchmark (see
+`supergf_ros.evaluation.pipeline_benchmark`): maps built on the fly from `--dataset` (even images
+as keyframes, odd ones as queries) or from a synthetic scene; a full `Localizer.localize` step per
+backend; and ours (defaults) against a two-network hloc-style baseline (NetVLAD + SuperPoint 4096
+keypoints at 1024 px + mutual-NN against every keypoint + PnP) measured in the same run, with
+per-stage times, accuracy and the end-to-end speedup.
 """
 
 from __future__ import annotations
@@ -23,13 +31,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime")  # timed by default (the CPU backends)
+ALL_BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "benchmark",
-        help="CPU latency of SuperPoint, SuperGF (dense/sparse) and NetVLAD, PyTorch vs ONNX Runtime",
+        help="latency of SuperPoint, SuperGF and NetVLAD per backend, and end-to-end localization "
+        "vs a two-network baseline",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -48,7 +58,43 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="MagicLeap superpoint_v1.pth (default: $SUPERGF_SUPERPOINT_WEIGHTS; random init if unset)",
     )
     parser.add_argument(
-        "--backends", default=",".join(BACKENDS), help="comma-separated: torch,onnxruntime"
+        "--backends",
+        default=",".join(BACKENDS),
+        help="comma-separated: torch,onnxruntime,tensorrt (default torch,onnxruntime)",
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="device of the network timings: cpu | cuda (default cpu)"
+    )
+    pipe = parser.add_argument_group("end-to-end pipeline (needs SuperPoint weights)")
+    pipe.add_argument("--no-pipeline", action="store_true", help="skip the pipeline benchmark")
+    pipe.add_argument(
+        "--dataset",
+        type=Path,
+        help="images/ + sparse_gt/ with poses, e.g. strecha/fountain-P11 (default: a synthetic "
+        "scene at --pipeline-size)",
+    )
+    pipe.add_argument("--top-k", type=int, default=5, help="keyframes retrieved per query")
+    pipe.add_argument("--pipeline-queries", type=int, help="at most this many queries")
+    pipe.add_argument("--pipeline-repeats", type=int, default=1, help="timed runs per query")
+    pipe.add_argument("--pipeline-size", default="640x480", help="synthetic scene image size")
+    pipe.add_argument(
+        "--map-keypoints", type=int, default=1024, help="our SuperPoint keypoints (default 1024)"
+    )
+    pipe.add_argument("--map-resize", type=int, help="our resize_max (default: none)")
+    pipe.add_argument(
+        "--baseline-keypoints", type=int, default=4096, help="baseline SuperPoint keypoints"
+    )
+    pipe.add_argument(
+        "--baseline-resize", type=int, default=1024, help="baseline resize_max (NetVLAD too)"
+    )
+    pipe.add_argument(
+        "--baseline-backend",
+        default="torch",
+        choices=["torch", "onnxruntime"],
+        help="backend of the baseline's networks (default torch, as hloc)",
+    )
+    pipe.add_argument(
+        "--work-dir", type=Path, help="keep the pipeline's maps here (default: a temp folder)"
     )
     parser.add_argument("--no-netvlad", action="store_true", help="skip the NetVLAD baseline")
     parser.add_argument(
@@ -104,6 +150,7 @@ def run_benchmark(
     superpoint_weights: str | Path | None = None,
     backends: tuple[str, ...] = BACKENDS,
     netvlad: bool = True,
+    device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Measure the networks and return the results dict (see the module docstring)."""
@@ -118,9 +165,15 @@ def run_benchmark(
     from ..models.aggregators import create_aggregator
     from ..models.netvlad import NetVLAD, NetVLADPositional
 
-    unknown = set(backends) - set(BACKENDS)
+    unknown = set(backends) - set(ALL_BACKENDS)
     if unknown or not backends:
-        raise ValueError(f"unknown backend(s) {sorted(unknown)}; choose from {list(BACKENDS)}")
+        raise ValueError(f"unknown backend(s) {sorted(unknown)}; choose from {list(ALL_BACKENDS)}")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    from ..inference.backends import select_backend
+
+    for backend in backends:  # unavailable -> a clear error listing what is available
+        select_backend(backend, device)
     if repeats < 1 or warmup < 0 or netvlad_repeats < 1:
         raise ValueError("repeats and netvlad-repeats must be >= 1 and warmup >= 0")
     if num_keypoints < 1:
@@ -160,6 +213,7 @@ def run_benchmark(
                 weights=sp_path,
                 max_keypoints=num_keypoints,
                 backend=backend,
+                device=device,
                 onnx_cache_dir=tmp,
             )
             dense_features = extractor.extract(image)
@@ -192,7 +246,11 @@ def run_benchmark(
             features = dense_features if variant == "dense" else sparse_features
             for backend in backends:
                 agg = create_aggregator(
-                    f"supergf-{variant}", model=model, backend=backend, onnx_cache_dir=tmp
+                    f"supergf-{variant}",
+                    model=model,
+                    backend=backend,
+                    device=device,
+                    onnx_cache_dir=tmp,
                 )
                 timings.setdefault(f"supergf_{variant}", {})[backend] = time_ms(
                     lambda a=agg, f=features: a(f), repeats, warmup
@@ -207,6 +265,8 @@ def run_benchmark(
                 net = NetVLAD().eval()
             x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
             for backend in backends:
+                if backend == "tensorrt":  # not exported as an engine: cost is the same network
+                    continue
                 if backend == "torch":
 
                     def fn(net=net, x=x):
@@ -243,11 +303,18 @@ def run_benchmark(
         for b in backends
     }
     result["ratio_supergf_sparse_over_superpoint"] = ratios[backends[0]]
+    if {"torch", "onnxruntime"} <= set(backends):  # measured in this run
+        result["ratio_torch_over_onnxruntime"] = {
+            name: round(per["torch"]["median"] / per["onnxruntime"]["median"], 3)
+            for name, per in timings.items()
+            if {"torch", "onnxruntime"} <= set(per)
+        }
     result["ratio_supergf_sparse_over_superpoint_by_backend"] = ratios
     if netvlad:
         result["ratio_supergf_sparse_over_netvlad_by_backend"] = {
             b: round(timings["supergf_sparse"][b]["median"] / timings["netvlad"][b]["median"], 4)
             for b in backends
+            if b in timings["netvlad"]
         }
     result["details_ms"] = {
         name: {b: {k: round(v, 2) for k, v in t.items()} for b, t in per.items()}
@@ -255,6 +322,8 @@ def run_benchmark(
     }
     result["setup"] = {
         "image_size": [width, height],
+        "device": device,
+        "backends": list(backends),
         "repeats": repeats,
         "warmup": warmup,
         "netvlad_repeats": netvlad_repeats if netvlad else 0,
@@ -271,7 +340,7 @@ def run_benchmark(
         "python": platform.python_version(),
     }
     notes.append(
-        "medians in ms on the CPU; timings include numpy<->tensor conversions and, for SuperPoint, "
+        f"medians in ms on {device}; timings include numpy<->tensor conversions and, for SuperPoint, "
         "the post-processing (NMS, top-k, descriptor sampling); a shared CPU makes them noisy"
     )
     result["notes"] = notes
@@ -280,7 +349,8 @@ def run_benchmark(
 
 def format_table(result: dict[str, Any]) -> str:
     """A readable table of the medians (ms) per model and backend."""
-    rows = [("model", *BACKENDS)]
+    backends = result["setup"].get("backends", list(BACKENDS))
+    rows = [("model", *backends)]
     for name, label in (
         ("superpoint_ms", "SuperPoint (extract)"),
         ("supergf_dense_ms", "SuperGF-dense"),
@@ -288,7 +358,7 @@ def format_table(result: dict[str, Any]) -> str:
         ("netvlad_ms", "NetVLAD (VGG16, 64 cl.)"),
     ):
         if name in result:
-            rows.append((label, *(f"{result[name].get(b, float('nan')):.1f}" for b in BACKENDS)))
+            rows.append((label, *(f"{result[name].get(b, float('nan')):.1f}" for b in backends)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
@@ -297,7 +367,9 @@ def format_table(result: dict[str, Any]) -> str:
     lines.insert(1, "-" * len(lines[0]))
     w, h = result["setup"]["image_size"]
     lines.insert(
-        0, f"median latency in ms, {w}x{h}, CPU, {result['setup']['torch_threads']} torch threads"
+        0,
+        f"median latency in ms, {w}x{h}, {result['setup'].get('device', 'cpu')}, "
+        f"{result['setup']['torch_threads']} torch threads",
     )
     ratio = result["ratio_supergf_sparse_over_superpoint_by_backend"]
     lines.append(
@@ -308,7 +380,16 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             "SuperGF-sparse / NetVLAD:    " + ", ".join(f"{b} {v:.4f}" for b, v in r.items())
         )
+    if "ratio_torch_over_onnxruntime" in result:
+        r = result["ratio_torch_over_onnxruntime"]
+        lines.append(
+            "PyTorch / ONNX Runtime:      " + ", ".join(f"{k} {v:.2f}" for k, v in r.items())
+        )
     lines += [f"note: {n}" for n in result["notes"]]
+    if result.get("pipeline"):
+        from .pipeline_benchmark import format_pipeline
+
+        lines += ["", format_pipeline(result["pipeline"])]
     return "\n".join(lines)
 
 
@@ -324,6 +405,41 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
+def _run_pipeline(args: argparse.Namespace, backends: tuple[str, ...], result: dict) -> Any:
+    """The end-to-end benchmark (None, with a note, without real SuperPoint weights)."""
+    from ..features.superpoint import WEIGHTS_ENV, resolve_weights
+    from .pipeline_benchmark import run_pipeline_benchmark
+
+    if args.superpoint_weights is None and not os.environ.get(WEIGHTS_ENV):
+        result["notes"].append(
+            "pipeline skipped: it needs real SuperPoint weights (--superpoint-weights or "
+            f"${WEIGHTS_ENV}) to localize"
+        )
+        return None
+    weights = resolve_weights(args.superpoint_weights)
+    conf = {
+        "top_k": args.top_k,
+        "num_queries": args.pipeline_queries,
+        "repeats": args.pipeline_repeats,
+        "ours_max_keypoints": args.map_keypoints,
+        "ours_resize_max": args.map_resize,
+        "baseline_max_keypoints": args.baseline_keypoints,
+        "baseline_resize_max": args.baseline_resize,
+        "baseline_backend": args.baseline_backend,
+        "synthetic_size": _parse_size(args.pipeline_size),
+    }
+    kwargs = {
+        "dataset": args.dataset,
+        "backends": tuple(b for b in backends if b != "tensorrt" or args.device == "cuda"),
+        "conf": conf,
+        "progress": not args.json,
+    }
+    if args.work_dir is not None:
+        return run_pipeline_benchmark(weights, args.work_dir, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="supergf-pipeline-") as tmp:
+        return run_pipeline_benchmark(weights, tmp, **kwargs)
+
+
 def run(args: argparse.Namespace) -> int:
     size = _parse_size(args.size)
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
@@ -334,6 +450,12 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
         os.environ["SUPERGF_ORT_THREADS"] = str(args.threads)  # read by OrtModule
+    if not args.no_pipeline:  # check the pipeline's options before the long network timings
+        _parse_size(args.pipeline_size)
+        if args.dataset is not None and not args.dataset.is_dir():
+            raise FileNotFoundError(f"dataset folder not found: {args.dataset}")
+        if args.top_k < 1 or args.pipeline_repeats < 1:
+            raise ValueError("--top-k and --pipeline-repeats must be >= 1")
     result = run_benchmark(
         size=size,
         repeats=args.repeats,
@@ -343,7 +465,11 @@ def run(args: argparse.Namespace) -> int:
         superpoint_weights=args.superpoint_weights,
         backends=backends,
         netvlad=not args.no_netvlad,
+        device=args.device,
+        progress=not args.json,
     )
+    if not args.no_pipeline:
+        result["pipeline"] = _run_pipeline(args, backends, result)
     if args.out is not None:
         _write_json_atomic(args.out, result)
     if args.json:

@@ -79,10 +79,15 @@ def evaluate_vpr(
     global_name: str | None = "vlad",
     global_conf: dict | None = None,
     raw_pixels: bool = False,
+    backend: str = "auto",
+    device: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Recall@1/5/10 on a VPR folder. Returns {"recall": {"1","5","10"}, "method",
-    "num_queries", "num_references"}."""
+    "num_queries", "num_references"}.
+
+    `backend` / `device` run SuperPoint and SuperGF unless `extractor_conf` / `global_conf`
+    name a backend ("auto": the fastest available, see `select_backend`)."""
     from ..localization.retrieval import GlobalIndex
     from .metrics import recall_at_n
 
@@ -92,13 +97,15 @@ def evaluate_vpr(
         q_desc, r_desc = raw_pixel_descriptors(queries), raw_pixel_descriptors(refs)
     else:
         from ..features import create_extractor
-        from ..mapping.build_map import default_global_name
+        from ..mapping.build_map import apply_backend, default_global_name
         from ..models.aggregators import create_aggregator
 
         global_name = global_name or default_global_name(features)
         method = f"{features}+{global_name}"
-        extractor = create_extractor(features, **(extractor_conf or {}))
-        aggregator = create_aggregator(global_name, **{"features": features, **(global_conf or {})})
+        extractor_conf, global_conf = dict(extractor_conf or {}), dict(global_conf or {})
+        apply_backend(features, global_name, extractor_conf, global_conf, backend, device)
+        extractor = create_extractor(features, **extractor_conf)
+        aggregator = create_aggregator(global_name, **{"features": features, **global_conf})
         paths = refs + queries
         if progress:
             from tqdm import tqdm
@@ -138,7 +145,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--superpoint-weights", type=Path, help="default: $SUPERGF_SUPERPOINT_WEIGHTS")
     p.add_argument("--supergf-weights", type=Path, help="default: the shipped checkpoint")
     p.add_argument("--max-keypoints", type=int, help="local features per image")
-    p.add_argument("--backend", choices=["torch", "onnxruntime"], help="SuperPoint backend")
+    from ..mapping.build_map import add_backend_arguments
+
+    add_backend_arguments(p)
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -149,8 +158,6 @@ def run(args: argparse.Namespace) -> int:
     extractor_conf: dict[str, Any] = {}
     if args.features == "superpoint" and args.superpoint_weights is not None:
         extractor_conf["weights"] = str(args.superpoint_weights)
-    if args.features == "superpoint" and args.backend is not None:
-        extractor_conf["backend"] = args.backend
     if args.max_keypoints is not None:
         extractor_conf["max_keypoints"] = args.max_keypoints
     global_conf = {}
@@ -163,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
         global_name=args.global_name,
         global_conf=global_conf,
         raw_pixels=args.raw_pixels,
+        backend=args.backend,
+        device=args.device,
         progress=not args.quiet,
     )
     if args.json:

@@ -556,8 +556,9 @@ class OrtRunner(Runner):
             )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if intra_op_num_threads is not None:
-            options.intra_op_num_threads = int(intra_op_num_threads)
+        from .onnx import configure_cpu_threads
+
+        configure_cpu_threads(options, intra_op_num_threads)
         try:
             self.session = ort.InferenceSession(str(onnx_path), options, providers=list(providers))
         except Exception as err:  # onnxruntime raises its own exception types

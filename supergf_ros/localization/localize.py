@@ -79,7 +79,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--ransac-max-error", type=float, default=12.0, help="PnP threshold (px)")
     p.add_argument("--superpoint-weights", type=Path, help="default: $SUPERGF_SUPERPOINT_WEIGHTS")
     p.add_argument("--supergf-weights", type=Path, help="default: the shipped checkpoint")
-    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    from ..mapping.build_map import add_backend_arguments
+
+    add_backend_arguments(p)
+    p.add_argument(
+        "--match-all-keypoints",
+        action="store_true",
+        help="match against every keyframe keypoint, not only those with a 3D point (slower)",
+    )
     p.add_argument("--max-keypoints", type=int, help="query keypoints (default: as the map)")
     p.add_argument("--resize-max", type=int, help="query resize (default: as the map)")
     p.add_argument("--index", choices=["auto", "flat", "hnsw"], default="auto")
@@ -103,11 +110,16 @@ def run(args: argparse.Namespace) -> int:
         "superpoint_weights": args.superpoint_weights,
         "supergf_weights": args.supergf_weights,
         "backend": args.backend,
+        "device": args.device,
+        "match_3d_only": not args.match_all_keypoints,
         "max_keypoints": args.max_keypoints,
         "resize_max": args.resize_max,
         "index": args.index,
     }
     localizer = Localizer.from_map(args.map, conf)
+    info = localizer.backend_info
+    if not args.quiet:
+        print(f"inference: {info['backend']} on {info['device']} ({info['reason']})")
     results = localize_dataset(localizer, args.dataset, names, progress=not args.quiet)
     poses = {n: r.cam_from_world for n, r in results if r.success}
     write_results(args.out, poses)

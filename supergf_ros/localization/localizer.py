@@ -8,6 +8,7 @@ homography-RANSAC inlier counts first (the paper's second stage).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,8 +19,10 @@ import numpy as np
 
 from ..features.base import LocalFeatures, validate_image
 from ..geometry import Camera, Pose
-from ..mapping.map_format import MapData, read_map
+from ..mapping.map_format import RUNTIME_OPTIONS, MapData, read_map
 from .retrieval import GlobalIndex
+
+logger = logging.getLogger(__name__)
 
 TIMING_KEYS = ("extract", "global", "retrieval", "matching", "pose", "total")
 
@@ -80,8 +83,16 @@ class Localizer:
         max_keypoints, resize_max: query extraction overrides (default: as the map).
         superpoint_weights: SuperPoint weights file (default: $SUPERGF_SUPERPOINT_WEIGHTS).
         supergf_weights: SuperGF checkpoint (default: the shipped one).
-        backend: "torch" | "onnxruntime" for SuperPoint and SuperGF.
+        backend: "auto" | "torch" | "onnxruntime" | "tensorrt" for SuperPoint and SuperGF;
+            "auto" picks the fastest available (TensorRT > ONNX Runtime CUDA > PyTorch CUDA >
+            ONNX Runtime CPU > PyTorch CPU). Any backend localizes against any map.
+        device: "auto" | "cpu" | "cuda" | "cuda:N" for those networks.
+        match_3d_only: match the query only against keyframe keypoints that have a 3D point
+            (the others cannot become 2D-3D correspondences; about 40% less matching work).
         index: retrieval index "auto" | "flat" | "hnsw".
+
+    After construction, `backend_info` says what runs the networks and why:
+    {"backend", "device", "reason"} (backend "none" when the map needs no network, e.g. SIFT).
     """
 
     default_conf: dict[str, Any] = {
@@ -97,7 +108,9 @@ class Localizer:
         "resize_max": None,
         "superpoint_weights": None,
         "supergf_weights": None,
-        "backend": "torch",
+        "backend": "auto",
+        "device": "auto",
+        "match_3d_only": True,
         "index": "auto",
     }
 
@@ -114,16 +127,21 @@ class Localizer:
         if int(self.conf["min_inliers"]) < 4:
             raise ValueError(f"min_inliers must be >= 4, got {self.conf['min_inliers']}")
         self.map = map_data
+        self.backend_info = self._select_backend()
         self.extractor = self._build_extractor()
         self.aggregator = self._build_aggregator()
         self.index = GlobalIndex(map_data.global_descriptors, kind=self.conf["index"])
-        # per-keyframe contiguous views, prepared once (no per-query conversion or file access)
-        self._kf_desc = [
-            np.ascontiguousarray(map_data.descriptors_of(i)) for i in range(map_data.num_keyframes)
-        ]
-        self._kf_kp = [map_data.keypoints_of(i) for i in range(map_data.num_keyframes)]
-        self._kf_pids = [map_data.point3D_ids_of(i) for i in range(map_data.num_keyframes)]
+        self._prepare_keyframes()
         self._pycolmap_cameras: dict[Camera, Any] = {}
+        info = self.backend_info
+        logger.info(
+            "localizer: %s features + %s global descriptor on %s (%s): %s",
+            map_data.extractor["name"],
+            map_data.aggregator["name"],
+            info["backend"],
+            info["device"],
+            info["reason"],
+        )
 
     @classmethod
     def from_map(cls, map_path: str | Path, conf: dict[str, Any] | None = None) -> Localizer:
@@ -131,6 +149,49 @@ class Localizer:
         return cls(read_map(map_path), conf)
 
     # -- construction -------------------------------------------------------------------------
+    def _needs_network(self) -> bool:
+        return self.map.extractor["name"] == "superpoint" or str(
+            self.map.aggregator["name"]
+        ).startswith("supergf")
+
+    def _select_backend(self) -> dict[str, str]:
+        """Resolve `backend`/`device` once for both networks; {"backend", "device", "reason"}."""
+        from ..inference.backends import select_backend
+
+        backend, device = self.conf["backend"], self.conf["device"]
+        if not self._needs_network():
+            select_backend(backend, device)  # still reject unknown or unavailable requests
+            return {
+                "backend": "none",
+                "device": "cpu",
+                "reason": "the map's local features and global descriptor need no network",
+            }
+        choice = select_backend(backend, device)
+        return {"backend": choice.backend, "device": choice.device, "reason": choice.reason}
+
+    def _prepare_keyframes(self) -> None:
+        """Per-keyframe matching arrays, prepared once (no per-query conversion or file access).
+
+        With `match_3d_only`, each keyframe keeps the descriptors of its keypoints with a 3D
+        point (one contiguous copy) and `_kf_sel` maps their rows back to keypoint indices.
+        """
+        m = self.map
+        bounds = [
+            (int(m.keypoint_offsets[i]), int(m.keypoint_offsets[i + 1]))
+            for i in range(m.num_keyframes)
+        ]
+        self._kf_kp = [m.keypoints[a:b] for a, b in bounds]
+        self._kf_pids = [m.point3D_ids[a:b] for a, b in bounds]
+        if not self.conf["match_3d_only"]:
+            self._kf_desc = [np.ascontiguousarray(m.descriptors[a:b]) for a, b in bounds]
+            self._kf_sel: list[np.ndarray | None] = [None] * m.num_keyframes
+            return
+        rows = np.flatnonzero(m.point3D_ids >= 0)
+        desc = np.ascontiguousarray(m.descriptors[rows], dtype=np.float32)
+        cuts = np.searchsorted(rows, [a for a, _ in bounds] + [bounds[-1][1]])
+        self._kf_desc = [desc[cuts[i] : cuts[i + 1]] for i in range(m.num_keyframes)]
+        self._kf_sel = [rows[cuts[i] : cuts[i + 1]] - a for i, (a, _) in enumerate(bounds)]
+
     def _build_extractor(self):
         from ..features import EXTRACTORS, create_extractor
 
@@ -138,13 +199,15 @@ class Localizer:
         name = ident["name"]
         if name not in EXTRACTORS:
             raise ValueError(f"map was built with unknown local features '{name}'")
-        conf = dict(ident["config"])
+        # how the map's extractor ran (backend, device) is not part of its identity
+        conf = {k: v for k, v in ident["config"].items() if k not in RUNTIME_OPTIONS}
         if name == "superpoint":
             weights = self.conf["superpoint_weights"] or os.environ.get(
                 "SUPERGF_SUPERPOINT_WEIGHTS"
             )
             conf["weights"] = str(weights) if weights else None
-            conf["backend"] = self.conf["backend"]
+            conf["backend"] = self.backend_info["backend"]
+            conf["device"] = self.backend_info["device"]
             if self.conf["resize_max"] is not None:
                 conf["resize_max"] = int(self.conf["resize_max"])
         if self.conf["max_keypoints"] is not None:
@@ -172,11 +235,14 @@ class Localizer:
         name = ident["name"]
         if name not in AGGREGATORS:
             raise ValueError(f"map was built with unknown global descriptor '{name}'")
-        conf = {k: v for k, v in ident["config"].items() if k != "model"}
+        conf = {
+            k: v for k, v in ident["config"].items() if k != "model" and k not in RUNTIME_OPTIONS
+        }
         if name.startswith("supergf"):
             if self.conf["supergf_weights"]:
                 conf["weights"] = str(self.conf["supergf_weights"])
-            conf["backend"] = self.conf["backend"]
+            conf["backend"] = self.backend_info["backend"]
+            conf["device"] = self.backend_info["device"]
         aggregator = create_aggregator(name, **conf)
         if self.map.aggregator_state:
             aggregator.load_state(dict(self.map.aggregator_state))
@@ -270,6 +336,9 @@ class Localizer:
                 ratio_threshold=conf["ratio_threshold"],
                 distance_threshold=conf["distance_threshold"],
             )
+            sel = self._kf_sel[i]
+            if sel is not None:  # rows of the 3D-only subset -> keypoint indices
+                m[:, 1] = sel[m[:, 1]]
             per_kf.append((int(i), m))
         result.num_matches = int(sum(len(m) for _, m in per_kf))
         timings["matching"] = (time.perf_counter() - t) * 1e3
@@ -298,9 +367,10 @@ class Localizer:
             p_idx.append(pids[valid])
         q_idx = np.concatenate(q_idx)
         p_idx = np.concatenate(p_idx)
-        if len(q_idx):
-            pairs = np.unique(np.stack([q_idx, p_idx], 1), axis=0)
-            q_idx, p_idx = pairs[:, 0], pairs[:, 1]
+        if len(q_idx):  # the same (query keypoint, 3D point) seen through several keyframes
+            num_points = max(len(self.map.points3D), 1)
+            keys = np.unique(q_idx * num_points + p_idx)
+            q_idx, p_idx = keys // num_points, keys % num_points
         result.num_correspondences = len(q_idx)
         if len(q_idx) < max(4, int(conf["min_inliers"])):
             result.reason = (

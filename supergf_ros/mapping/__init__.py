@@ -3,6 +3,22 @@
 Heavy dependencies (pycolmap, torch) load only when a builder function runs.
 """
 
-from .map_format import FORMAT_NAME, FORMAT_VERSION, MapData, read_map, write_map
+from .map_format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    RUNTIME_OPTIONS,
+    MapData,
+    read_map,
+    strip_runtime_options,
+    write_map,
+)
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MapData", "read_map", "write_map"]
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "RUNTIME_OPTIONS",
+    "MapData",
+    "read_map",
+    "strip_runtime_options",
+    "write_map",
+]

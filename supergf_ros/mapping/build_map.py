@@ -38,6 +38,37 @@ def default_global_name(features: str) -> str:
     return names[0] if names else "vlad"
 
 
+def apply_backend(
+    features: str,
+    global_name: str,
+    extractor_conf: dict,
+    global_conf: dict,
+    backend: str = "auto",
+    device: str = "auto",
+):
+    """Resolve `backend`/`device` once and set them (in place) in the confs of the networks.
+
+    SuperPoint (`features == "superpoint"`) and SuperGF (`global_name` "supergf-*") get the
+    chosen backend unless their conf already names one (then that backend and its device win).
+    Returns the `BackendChoice`, or None when neither runs a network (e.g. SIFT + VLAD).
+    """
+    targets = []
+    if features == "superpoint":
+        targets.append(extractor_conf)
+    if global_name.startswith("supergf"):
+        targets.append(global_conf)
+    if not targets:
+        return None
+    from ..inference.backends import select_backend
+
+    choice = select_backend(backend, device)
+    for conf in targets:
+        if "backend" not in conf:
+            conf["backend"] = choice.backend
+            conf.setdefault("device", choice.device)
+    return choice
+
+
 def _progress(iterable, progress: bool, **kw):
     if not progress:
         return iterable
@@ -56,9 +87,16 @@ def build_map(
     global_name: str | None = None,
     global_conf: dict | None = None,
     conf: dict | None = None,
+    backend: str = "auto",
+    device: str = "auto",
     progress: bool = True,
 ) -> dict:
     """Build a map file from `dataset_dir` (images/ + COLMAP model with poses, or images only).
+
+    `backend` / `device` run SuperPoint and SuperGF ("auto": the fastest available, see
+    `supergf_ros.inference.backends.select_backend`; a `backend` key in `extractor_conf` or
+    `global_conf` wins). They are not part of the map's identity: any backend can localize
+    against the map.
 
     With poses: features -> pairs (pose neighbours + retrieval) -> mutual-NN matching ->
     epipolar check with the known poses -> pycolmap triangulation. Without a model: pycolmap
@@ -71,7 +109,7 @@ def build_map(
     from ..features import create_extractor
     from ..matching import match_mutual_nn
     from ..models.aggregators import create_aggregator
-    from .map_format import MapData, write_map
+    from .map_format import MapData, strip_runtime_options, write_map
     from .pairs import select_pairs
     from .triangulation import incremental_sfm, triangulate_known_poses
 
@@ -91,9 +129,15 @@ def build_map(
     names = dataset.check_names(
         image_names if image_names is not None else dataset.names, need_pose=dataset.has_model
     )
-    extractor = create_extractor(features, **(extractor_conf or {}))
     global_name = global_name or default_global_name(features)
-    aggregator = create_aggregator(global_name, **{"features": features, **(global_conf or {})})
+    extractor_conf, global_conf = dict(extractor_conf or {}), dict(global_conf or {})
+    choice = apply_backend(features, global_name, extractor_conf, global_conf, backend, device)
+    if choice is not None:
+        logger.info(
+            "map builder inference: %s on %s (%s)", choice.backend, choice.device, choice.reason
+        )
+    extractor = create_extractor(features, **extractor_conf)
+    aggregator = create_aggregator(global_name, **{"features": features, **global_conf})
 
     # 1. local features (+ global descriptors right away when the aggregator needs no fitting)
     t = time.perf_counter()
@@ -175,8 +219,8 @@ def build_map(
         track_lengths=tri["track_lengths"],
         point_errors=tri["errors"],
         global_descriptors=global_desc[keep],
-        extractor=extractor.identity(),
-        aggregator=aggregator.identity(),
+        extractor=strip_runtime_options(extractor.identity()),
+        aggregator=strip_runtime_options(aggregator.identity()),
         aggregator_state={k: np.asarray(v) for k, v in aggregator.state().items()},
         build_conf={
             **{k: v for k, v in conf.items()},
@@ -247,13 +291,34 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--resize-max", type=int, help="resize images so the longer edge is at most this"
     )
-    p.add_argument("--backend", choices=["torch", "onnxruntime"], help="SuperPoint backend")
+    add_backend_arguments(p)
     p.add_argument("--num-neighbors", type=int, help="pose-based pairs per keyframe (default 10)")
     p.add_argument("--ratio-threshold", type=float, help="Lowe ratio test for map matching")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p
+
+
+BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    """`--backend` and `--device` for the networks (SuperPoint, SuperGF), shared by the CLIs."""
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKEND_CHOICES,
+        help="inference backend for SuperPoint and SuperGF (default auto: TensorRT > ONNX Runtime "
+        "CUDA > PyTorch CUDA > ONNX Runtime CPU > PyTorch CPU, the first available)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=DEVICE_CHOICES,
+        help="compute device for the networks (default auto)",
+    )
 
 
 def extractor_conf_from_args(args: argparse.Namespace) -> dict:
@@ -263,10 +328,8 @@ def extractor_conf_from_args(args: argparse.Namespace) -> dict:
             conf["weights"] = str(args.superpoint_weights)
         if args.resize_max is not None:
             conf["resize_max"] = args.resize_max
-        if args.backend is not None:
-            conf["backend"] = args.backend
-    elif args.resize_max is not None or args.backend is not None:
-        raise ValueError("--resize-max and --backend apply to --features superpoint only")
+    elif args.resize_max is not None:
+        raise ValueError("--resize-max applies to --features superpoint only")
     if args.max_keypoints is not None:
         conf["max_keypoints"] = args.max_keypoints
     return conf
@@ -293,6 +356,8 @@ def run(args: argparse.Namespace) -> int:
         global_name=args.global_name,
         global_conf=global_conf,
         conf=conf,
+        backend=args.backend,
+        device=args.device,
         progress=not args.quiet,
     )
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary, args.out))

@@ -40,6 +40,17 @@ from ..geometry import Camera, Pose
 FORMAT_NAME = "supergf_ros.map"
 FORMAT_VERSION = 1
 
+# Extractor/aggregator options that choose *how* a network runs, not *what* it computes: they
+# are left out of a map's identity, so a map built with one backend localizes with any other.
+RUNTIME_OPTIONS = ("backend", "device", "onnx_cache_dir")
+
+
+def strip_runtime_options(identity: dict[str, Any]) -> dict[str, Any]:
+    """A copy of an extractor/aggregator identity without `RUNTIME_OPTIONS` in its config."""
+    config = {k: v for k, v in dict(identity.get("config", {})).items() if k not in RUNTIME_OPTIONS}
+    return {**identity, "config": config}
+
+
 _REQUIRED = (
     "keyframes/names",
     "keyframes/cameras",

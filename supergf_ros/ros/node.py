@@ -73,8 +73,8 @@ except ImportError:  # TF is optional (tf2_msgs is not on PyPI; scripts/build_ms
     TFMessage = None
 
 NODE_NAME = "localizer"
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-DEVICES = ("cpu", "cuda")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+DEVICES = ("auto", "cpu", "cuda")
 FALLBACK_INTRINSICS = ("none", "map", "parameters")
 
 
@@ -100,11 +100,13 @@ PARAMETERS: dict[str, _Param] = {
     ),
     "supergf_weights": _Param("", "SuperGF checkpoint; empty: the one the map was built with."),
     "backend": _Param(
-        "torch", "Inference backend: torch | onnxruntime | tensorrt.", choices=BACKENDS
+        "auto",
+        "Inference backend of SuperPoint and SuperGF: auto | torch | onnxruntime | tensorrt. "
+        "auto: TensorRT > ONNX Runtime CUDA > PyTorch CUDA > ONNX Runtime CPU > PyTorch CPU, "
+        "the first available (the choice and why are logged and in /diagnostics).",
+        choices=BACKENDS,
     ),
-    "device": _Param(
-        "cpu", "Compute device: cpu | cuda (cuda needs a GPU backend).", choices=DEVICES
-    ),
+    "device": _Param("auto", "Compute device of the networks: auto | cpu | cuda.", choices=DEVICES),
     "max_keypoints": _Param(
         -1, "Query keypoints cap; -1: as the map was built.", int_range=(-1, 16384)
     ),
@@ -165,6 +167,7 @@ _LOCALIZER_KEYS = {
     "superpoint_weights": ("superpoint_weights", ""),
     "supergf_weights": ("supergf_weights", ""),
     "backend": ("backend", None),
+    "device": ("device", None),
 }
 
 
@@ -245,11 +248,6 @@ class LocalizerNode(Node):
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         for param in params:
             reason = validate_parameter(param.name, param.value)
-            if not reason and param.name == "device" and param.value != "cpu":
-                reason = (
-                    "device 'cuda' is not available in this build: the Localizer runs on CPU; "
-                    "use backend:=tensorrt for GPU inference"
-                )
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
         if self._localizer is not None:  # runtime change: apply to the running localizer
@@ -281,11 +279,22 @@ class LocalizerNode(Node):
         if not Path(map_path).is_file():
             raise StartupError(f"map file not found: {map_path}")
         from supergf_ros.localization import Localizer
+        from supergf_ros.mapping import read_map
 
         try:
-            self._localizer = Localizer.from_map(Path(map_path), self._localizer_conf())
+            map_data = read_map(Path(map_path))
         except (FileNotFoundError, ValueError, KeyError, OSError) as err:
             raise StartupError(f"cannot load map {map_path}: {err}") from err
+        try:
+            self._localizer = Localizer(map_data, self._localizer_conf())
+        except (FileNotFoundError, ValueError, KeyError, OSError) as err:
+            raise StartupError(f"cannot set up localization with map {map_path}: {err}") from err
+        info = self._localizer.backend_info
+        self.get_logger().info(
+            f"inference backend: {info['backend']} on {info['device']} "
+            f"(requested backend={self.params['backend']}, device={self.params['device']}): "
+            f"{info['reason']}"
+        )
         if self.params["warmup"]:
             self._warmup()
 
@@ -531,6 +540,9 @@ class LocalizerNode(Node):
             "last_error": last_error,
             "camera_info_error": camera_error,
             "map": str(self.params["map_path"]),
+            "backend": self._localizer.backend_info["backend"],
+            "device": self._localizer.backend_info["device"],
+            "backend_reason": self._localizer.backend_info["reason"],
         }
         st.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         arr = DiagnosticArray()
