@@ -62,15 +62,7 @@ def test_key_is_stable_and_sensitive_to_every_component(onnx_file: Path, tmp_pat
     other_onnx = tmp_path / "other.onnx"
     other_onnx.write_bytes(b"fake onnx graph v2" * 100)
     variants = [
-        make_engine_key(
-            other_onnx,
-            model="superpoint",
-            tensorrt_version="10.3.0",
-            device_name="NVIDIA Orin (sm_87)",
-            precision="fp16",
-            profile=PROFILE,
-            workspace_bytes=1 << 30,
-        ),
+        key_for(other_onnx),
         key_for(onnx_file, tensorrt_version="8.6.1"),
         key_for(onnx_file, device_name="NVIDIA H200 (sm_90)"),
         key_for(onnx_file, precision="fp32"),

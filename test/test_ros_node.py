@@ -4,7 +4,6 @@ newest-frame-wins dropping, parameter validation at run time, start-up failures 
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from supergf_ros.ros.conversions import (  # noqa: E402
     ros_to_pose,
     stamp_to_ns,
 )
+from supergf_ros.ros.replay import stop_node  # noqa: E402
 from supergf_ros.ros.testing import IsolatedRos, synthetic_sift_map, wait_until  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,12 +121,7 @@ def harness(scene, tmp_path_factory):
             assert proc.poll() is None, f"node died at start-up:\n{h.tail()}"
             yield h
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                code = proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
+            code = stop_node(proc)
         assert code == 0, f"node exit code {code} on SIGINT:\n{h.tail()}"
 
 

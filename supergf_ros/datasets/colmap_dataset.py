@@ -10,31 +10,16 @@ as hloc writes them.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from ..geometry import Camera, Pose
+from ..io_utils import atomic_write_text as atomic_write_text  # re-exported by the package
 
 MODEL_DIRS = ("sparse_gt", "sparse", "sparse/0")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff")
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` atomically (temp file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _find_model_dir(root: Path) -> Path | None:

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -42,6 +40,7 @@ import cv2
 import numpy as np
 
 from ..geometry import Camera, Pose
+from ..io_utils import atomic_write_bytes, atomic_write_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 NEAR = 0.05  # metres: near clipping distance of the renderer
@@ -930,21 +929,6 @@ def _as_config(config: SceneConfig | dict | None) -> SceneConfig:
     raise ValueError(f"config must be a SceneConfig, a dict or None, got {type(config).__name__}")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def _npy_bytes(array: np.ndarray) -> bytes:
     import io
 
@@ -1098,8 +1082,8 @@ def generate_scene(
         ok, buf = cv2.imencode(f".{ext}", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
         if not ok:
             raise RuntimeError(f"could not encode {name}")
-        _atomic_write_bytes(out_dir / "images" / name, buf.tobytes())
-        _atomic_write_bytes(
+        atomic_write_bytes(out_dir / "images" / name, buf.tobytes())
+        atomic_write_bytes(
             out_dir / "depth" / (Path(name).stem + ".npy"), _npy_bytes(depth.astype(np.float16))
         )
         observations.append(_observations(xyz, camera, pose, depth))
@@ -1107,11 +1091,11 @@ def generate_scene(
         depth_max = max(depth_max, float(depth.max()))
 
     cams, images, points = _colmap_text(camera, names, poses, observations, xyz, rgb)
-    _atomic_write_text(out_dir / "sparse_gt" / "cameras.txt", cams)
-    _atomic_write_text(out_dir / "sparse_gt" / "images.txt", images)
-    _atomic_write_text(out_dir / "sparse_gt" / "points3D.txt", points)
-    _atomic_write_text(out_dir / "mapping.txt", "".join(n + "\n" for n in names[:n_map]))
-    _atomic_write_text(out_dir / "queries.txt", "".join(n + "\n" for n in names[n_map:]))
+    atomic_write_text(out_dir / "sparse_gt" / "cameras.txt", cams)
+    atomic_write_text(out_dir / "sparse_gt" / "images.txt", images)
+    atomic_write_text(out_dir / "sparse_gt" / "points3D.txt", points)
+    atomic_write_text(out_dir / "mapping.txt", "".join(n + "\n" for n in names[:n_map]))
+    atomic_write_text(out_dir / "queries.txt", "".join(n + "\n" for n in names[n_map:]))
 
     summary = {
         "out_dir": str(out_dir),
@@ -1131,5 +1115,5 @@ def generate_scene(
         "time_s": round(time.perf_counter() - start, 3),
     }
     meta = {"config": config.to_dict(), "seed": int(seed), "summary": summary}
-    _atomic_write_text(out_dir / SCENE_FILE, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out_dir / SCENE_FILE, json.dumps(meta, indent=2) + "\n")
     return summary

@@ -31,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..io_utils import atomic_write_text
+
 BACKENDS = ("torch", "onnxruntime")  # timed by default (the CPU backends)
 ALL_BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
@@ -393,18 +395,6 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _run_pipeline(args: argparse.Namespace, backends: tuple[str, ...], result: dict) -> Any:
     """The end-to-end benchmark (None, with a note, without real SuperPoint weights)."""
     from ..features.superpoint import WEIGHTS_ENV, resolve_weights
@@ -471,7 +461,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_pipeline:
         result["pipeline"] = _run_pipeline(args, backends, result)
     if args.out is not None:
-        _write_json_atomic(args.out, result)
+        atomic_write_text(args.out, json.dumps(result, indent=2))
     if args.json:
         print(format_table(result), file=sys.stderr)
         print(json.dumps(result, indent=2))

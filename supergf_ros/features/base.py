@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..io_utils import file_sha256 as file_sha256  # re-exported: extractors and tests use it
 
 
 @dataclass
@@ -79,15 +79,6 @@ def to_grayscale(image: np.ndarray) -> np.ndarray:
         return image
     weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
     return np.clip(image.astype(np.float32) @ weights + 0.5, 0, 255).astype(np.uint8)
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, used to identify weights in maps and caches."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Extractor:

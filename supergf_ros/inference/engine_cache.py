@@ -22,12 +22,14 @@ import json
 import logging
 import os
 import struct
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
+
+from ..io_utils import atomic_write_bytes
+from ..io_utils import file_sha256 as sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +44,6 @@ def default_engine_dir() -> Path:
     env = os.environ.get("SUPERGF_CACHE_DIR")
     root = Path(env) if env else Path.home() / ".cache" / "supergf_ros"
     return root / "engines"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def canonical_profile(
@@ -211,17 +204,7 @@ class EngineCache:
             sort_keys=True,
         ).encode()
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(MAGIC + _LEN.pack(len(header)) + header + engine)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, MAGIC + _LEN.pack(len(header)) + header + engine, fsync=True)
         return path
 
     def remove(self, key: EngineKey) -> None:

@@ -16,9 +16,7 @@ import argparse
 import contextlib
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io_utils import atomic_output, atomic_write_bytes
 from .backends import ModelSpec
 
 MODELS = ("superpoint", "supergf-dense", "supergf-sparse")
@@ -274,23 +273,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _write_atomic(dst: Path, *, src: Path | None = None, payload: bytes | None = None) -> Path:
-    """Write `payload` (or copy `src`) to `dst` via a temp file in the same folder + os.replace."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        if payload is None:
-            shutil.copyfile(src, tmp)  # type: ignore[arg-type]
-        else:
-            Path(tmp).write_bytes(payload)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dst
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -386,7 +368,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.output:
         if args.format == "onnx":
-            _write_atomic(args.output, src=onnx_path)
+            with atomic_output(args.output) as tmp:
+                shutil.copyfile(onnx_path, tmp)
         else:
             from .engine_cache import EngineCache
 
@@ -394,7 +377,7 @@ def run(args: argparse.Namespace) -> int:
             engine_bytes = EngineCache(engine_dir).read(runner.engine_key)
             if engine_bytes is None:
                 raise ValueError(f"engine cache entry {summary['engine']} vanished")
-            _write_atomic(args.output, payload=engine_bytes)
+            atomic_write_bytes(args.output, engine_bytes)
         summary["output"] = str(args.output)
 
     if args.json:

@@ -7,12 +7,13 @@ folder; `OrtModule` runs an exported file with numpy inputs in the order of its 
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from ..io_utils import atomic_output
 
 
 def default_cache_dir() -> Path:
@@ -55,7 +56,6 @@ def export_onnx(
     if unknown:
         raise ValueError(f"dynamic_axes names {sorted(unknown)} are not inputs or outputs")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     was_training = module.training
     module.eval()
@@ -64,15 +64,13 @@ def export_onnx(
         x.detach().cpu().float() if torch.is_floating_point(x) else x.detach().cpu()
         for x in example_inputs
     )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with atomic_output(path) as tmp, torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
                 inputs,
-                tmp,
+                str(tmp),
                 input_names=list(input_names),
                 output_names=list(output_names),
                 dynamic_axes=dynamic_axes,
@@ -80,10 +78,6 @@ def export_onnx(
                 do_constant_folding=True,
                 dynamo=False,
             )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     finally:
         module.train(was_training)
     return path

@@ -26,8 +26,6 @@ concatenated; keyframe ``i`` owns rows ``keypoint_offsets[i]:keypoint_offsets[i+
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..geometry import Camera, Pose
+from ..io_utils import atomic_output
 
 FORMAT_NAME = "supergf_ros.map"
 FORMAT_VERSION = 1
@@ -161,52 +160,42 @@ def write_map(path: str | Path, data: MapData, descriptor_dtype: str = "float16"
     if descriptor_dtype not in ("float16", "float32"):
         raise ValueError(f"descriptor_dtype must be 'float16' or 'float32', got {descriptor_dtype}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     str_dt = h5py.string_dtype("utf-8")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT_NAME
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            f.attrs["description"] = (
-                "supergf_ros localization map: keyframes with poses (cam_from_world, COLMAP "
-                "convention, quaternion w-first), local features, 3D points, global descriptors"
-            )
-            f.attrs["extractor"] = json.dumps(data.extractor, sort_keys=True)
-            f.attrs["aggregator"] = json.dumps(data.aggregator, sort_keys=True)
-            f.attrs["build_conf"] = json.dumps(data.build_conf, sort_keys=True, default=str)
-            f.attrs["summary"] = json.dumps(data.summary, sort_keys=True, default=str)
-            kf = f.create_group("keyframes")
-            kf.create_dataset(
-                "names", data=np.array(data.keyframe_names, dtype=object), dtype=str_dt
-            )
-            kf.create_dataset(
-                "cameras",
-                data=np.array([json.dumps(c.to_dict()) for c in data.cameras], dtype=object),
-                dtype=str_dt,
-            )
-            poses = np.array([np.concatenate([p.qvec, p.tvec]) for p in data.cam_from_world])
-            kf.create_dataset("cam_from_world", data=poses.astype(np.float64))
-            kf.create_dataset("global_descriptors", data=data.global_descriptors.astype(np.float32))
-            kf.create_dataset("keypoint_offsets", data=data.keypoint_offsets.astype(np.int64))
-            ft = f.create_group("features")
-            ft.create_dataset("keypoints", data=data.keypoints.astype(np.float32))
-            ft.create_dataset("scores", data=data.scores.astype(np.float32))
-            ft.create_dataset("descriptors", data=data.descriptors.astype(descriptor_dtype))
-            ft.create_dataset("point3D_ids", data=data.point3D_ids.astype(np.int64))
-            pt = f.create_group("points3D")
-            pt.create_dataset("xyz", data=data.points3D.astype(np.float64).reshape(-1, 3))
-            pt.create_dataset("track_length", data=data.track_lengths.astype(np.int32))
-            pt.create_dataset("error", data=data.point_errors.astype(np.float32))
-            st = f.create_group("aggregator_state")
-            for key, value in data.aggregator_state.items():
-                st.create_dataset(key, data=np.asarray(value))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        f.attrs["description"] = (
+            "supergf_ros localization map: keyframes with poses (cam_from_world, COLMAP "
+            "convention, quaternion w-first), local features, 3D points, global descriptors"
+        )
+        f.attrs["extractor"] = json.dumps(data.extractor, sort_keys=True)
+        f.attrs["aggregator"] = json.dumps(data.aggregator, sort_keys=True)
+        f.attrs["build_conf"] = json.dumps(data.build_conf, sort_keys=True, default=str)
+        f.attrs["summary"] = json.dumps(data.summary, sort_keys=True, default=str)
+        kf = f.create_group("keyframes")
+        kf.create_dataset("names", data=np.array(data.keyframe_names, dtype=object), dtype=str_dt)
+        kf.create_dataset(
+            "cameras",
+            data=np.array([json.dumps(c.to_dict()) for c in data.cameras], dtype=object),
+            dtype=str_dt,
+        )
+        poses = np.array([np.concatenate([p.qvec, p.tvec]) for p in data.cam_from_world])
+        kf.create_dataset("cam_from_world", data=poses.astype(np.float64))
+        kf.create_dataset("global_descriptors", data=data.global_descriptors.astype(np.float32))
+        kf.create_dataset("keypoint_offsets", data=data.keypoint_offsets.astype(np.int64))
+        ft = f.create_group("features")
+        ft.create_dataset("keypoints", data=data.keypoints.astype(np.float32))
+        ft.create_dataset("scores", data=data.scores.astype(np.float32))
+        ft.create_dataset("descriptors", data=data.descriptors.astype(descriptor_dtype))
+        ft.create_dataset("point3D_ids", data=data.point3D_ids.astype(np.int64))
+        pt = f.create_group("points3D")
+        pt.create_dataset("xyz", data=data.points3D.astype(np.float64).reshape(-1, 3))
+        pt.create_dataset("track_length", data=data.track_lengths.astype(np.int32))
+        pt.create_dataset("error", data=data.point_errors.astype(np.float32))
+        st = f.create_group("aggregator_state")
+        for key, value in data.aggregator_state.items():
+            st.create_dataset(key, data=np.asarray(value))
     return path.stat().st_size
 
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from supergf_ros.io_utils import atomic_output_dir
 
 SOURCE_FILE = "supergf_ros_source.json"
 SOURCE_FORMAT = "supergf_ros.bag_source"
@@ -94,9 +93,6 @@ def make_bag(
     Time = typestore.types["builtin_interfaces/msg/Time"]
     RegionOfInterest = typestore.types["sensor_msgs/msg/RegionOfInterest"]
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
-    tmp_bag = tmp_dir / out_path.name
     period_ns = round(1e9 / rate_hz)
     source: dict[str, Any] = {
         "format": SOURCE_FORMAT,
@@ -113,7 +109,7 @@ def make_bag(
         from tqdm import tqdm
 
         iterator = tqdm(names, desc="make-bag", unit="frame")
-    try:
+    with atomic_output_dir(out_path) as tmp_bag:
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
         with Writer(tmp_bag, version=9, storage_plugin=plugin) as writer:
             conn_img = writer.add_connection(image_topic, Image.__msgtype__, typestore=typestore)
@@ -159,11 +155,6 @@ def make_bag(
                     frame["cam_from_world"] = [float(v) for v in (*pose.qvec, *pose.tvec)]
                 source["frames"].append(frame)
         (tmp_bag / SOURCE_FILE).write_text(json.dumps(source, indent=1) + "\n")
-        if out_path.exists():
-            shutil.rmtree(out_path) if out_path.is_dir() else out_path.unlink()
-        os.replace(tmp_bag, out_path)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
     size = sum(p.stat().st_size for p in out_path.rglob("*") if p.is_file())
     return {
         "bag": str(out_path),

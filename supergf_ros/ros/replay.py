@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from supergf_ros.io_utils import atomic_output, atomic_write_text
+
 FASTDDS_LOOPBACK_PROFILE = """<?xml version="1.0" encoding="UTF-8"?>
 <profiles xmlns="http://www.eprosima.com">
   <transport_descriptors>
@@ -195,7 +197,7 @@ def replay_bag(
     result.update(_evaluate(result.pop("_poses"), source, out_dir))
     result["bag"] = str(bag_path)
     result["map"] = str(map_path)
-    _write_json_atomic(out_dir / "replay.json", result)
+    atomic_write_text(out_dir / "replay.json", json.dumps(result, indent=2) + "\n")
     result["json"] = str(out_dir / "replay.json")
     return result
 
@@ -324,15 +326,7 @@ def _run_replay(
             bar.close()
         peak_rss = _peak_rss_mb(proc.pid)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                exit_code = proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                exit_code = proc.wait()
-        else:
-            exit_code = proc.returncode
+        exit_code = stop_node(proc)
         log_file.close()
         executor.shutdown()
         node.destroy_node()
@@ -382,6 +376,21 @@ def _run_replay(
         "node_log": str(log_path),
         "_poses": {s: poses_c[s][1] for s in published if s in poses_c},
     }
+
+
+def stop_node(proc: subprocess.Popen, timeout_s: float = 20.0) -> int:
+    """Stop a node process as `ros2 launch` does: SIGINT, then SIGKILL after `timeout_s`.
+
+    Returns its exit code (the code it already had if it had exited).
+    """
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def _node_idle(statuses: dict, published: dict) -> bool:
@@ -491,20 +500,12 @@ def plot_trajectory(estimates: dict, reference: dict, path: Path, order: list[st
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_output(path, suffix=".tmp.png") as tmp:  # PNG whatever `path` ends with
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
     return path
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def format_report(r: dict[str, Any]) -> str:
