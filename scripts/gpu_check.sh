@@ -6,8 +6,11 @@
 #   2. runs the gpu-marked tests;
 #   3. measures SuperPoint (640x480), SuperGF-dense and SuperGF-sparse (1024 keypoints, paper
 #      config, random weights) per available backend: median ms after warm-up, synchronized;
-#   4. prints one JSON object (also written to $OUT/gpu_check.json when $OUT is set).
-# Usage: bash scripts/gpu_check.sh    (about 2-4 minutes; PYTHON=python3.12 to pick a Python)
+#   4. measures the GPU-side post-processing: SuperPoint extraction 640x480 with post-processing
+#      on the GPU (torch) vs on the host (numpy), and mutual-NN matching of 1024 query descriptors
+#      against 5 keyframes of 2000 on the GPU (DeviceMatcher, one host copy) vs numpy;
+#   5. prints one JSON object (also written to $OUT/gpu_check.json when $OUT is set).
+# Usage: bash scripts/gpu_check.sh    (about 3-5 minutes; PYTHON=python3.12 to pick a Python)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -37,11 +40,13 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&
 
 # 2. gpu tests (and the CPU backend tests, to be sure nothing regressed on this machine)
 "$PY" -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT_DIR/gpu_tests.xml" \
-    test/test_inference_tensorrt.py test/test_inference_backends.py >"$OUT_DIR/pytest.log" 2>&1
+    test/test_inference_tensorrt.py test/test_inference_backends.py \
+    test/test_features_torch_postprocess.py test/test_matching_device.py \
+    test/test_localization_backends.py >"$OUT_DIR/pytest.log" 2>&1
 PYTEST_RC=$?
 tail -n 25 "$OUT_DIR/pytest.log" >&2
 
-# 3. + 4. latency per backend, summary JSON
+# 3. - 5. latency per backend, GPU-side post-processing and matching, summary JSON
 PYTEST_RC=$PYTEST_RC OUT_DIR=$OUT_DIR "$PY" - <<'EOF'
 import json, os, platform, time, xml.etree.ElementTree as ET
 from pathlib import Path
@@ -121,6 +126,58 @@ for name, kwargs in models.items():
             result["errors"][f"{name}/{label}"] = f"{type(err).__name__}: {err}"[:500]
         finally:
             print(f"[gpu_check] {name} {label} done", flush=True, file=__import__("sys").stderr)
+
+# 4. GPU-side post-processing and matching vs the host path (real SuperPoint weights needed)
+def median_ms(fn, warmup=3, repeats=30):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return round(float(np.median(times)), 3)
+
+if caps.torch_cuda and weights.is_file():
+    try:
+        import cv2
+
+        from supergf_ros.features import create_extractor
+        from supergf_ros.matching import DeviceMatcher, match_mutual_nn
+
+        photo = sorted(Path("../shared/data/photos/sacre_coeur/mapping").glob("*.jpg"))[0]
+        image = cv2.resize(cv2.imread(str(photo), cv2.IMREAD_GRAYSCALE), (640, 480))
+        post = {}
+        for name, conf in {
+            "cuda_torch_post_sparse": dict(postprocess="torch", return_dense=False),
+            "cuda_torch_post_dense": dict(postprocess="torch", return_dense=True),
+            "cuda_numpy_post_dense": dict(postprocess="numpy", return_dense=True),
+            "cpu_numpy_post_dense": dict(device="cpu", postprocess="numpy"),
+        }.items():
+            device = conf.pop("device", "cuda")
+            ex = create_extractor("superpoint", weights=str(weights), backend="torch",
+                                  device=device, max_keypoints=1024, **conf)
+            repeats = 5 if device == "cpu" else 30
+            post[name] = median_ms(lambda: ex.extract(image), repeats=repeats)
+            if name == "cuda_torch_post_sparse":
+                query = ex.extract(image)
+        result["superpoint_extract_640x480_ms"] = post
+        rng = np.random.default_rng(0)
+        groups = [rng.normal(size=(2000, 256)).astype(np.float32) for _ in range(5)]
+        groups = [g / np.linalg.norm(g, axis=1, keepdims=True) for g in groups]
+        matcher = DeviceMatcher(groups, device="cuda")
+        q_host, q_dev = query.descriptors, query.extra["descriptors_torch"]
+        result["match_1024_vs_5x2000_ms"] = {
+            "cuda_device_matcher": median_ms(lambda: matcher.match(q_dev, range(5))),
+            "cuda_device_matcher_ratio0.8": median_ms(
+                lambda: matcher.match(q_dev, range(5), ratio_threshold=0.8)),
+            "cpu_numpy": median_ms(lambda: [match_mutual_nn(q_host, g) for g in groups], repeats=5),
+        }
+    except Exception as err:  # noqa: BLE001 - report and go on
+        result["errors"]["gpu_postprocess"] = f"{type(err).__name__}: {err}"[:500]
+
 lat = result["latency_ms"]
 result["cpu_ratio_torch_over_onnxruntime"] = {
     n: round(v["torch:cpu:fp32"]["median"] / v["onnxruntime:cpu:fp32"]["median"], 2)

@@ -129,6 +129,28 @@ def _match_numpy(d0, d1, ratio, dist):
     return matches, sim_nn[keep].astype(np.float32)
 
 
+def _mutual_nn_torch(d0, d1, ratio, dist):
+    """Mutual-NN core on torch tensors without host synchronization.
+
+    Returns (nn01 (N,) int64, sim_nn (N,) float32, keep (N,) bool) on the inputs' device; the
+    same rules (and tie handling: the first index wins) as `_match_numpy`. Needs N, M >= 1.
+    """
+    n, m = d0.shape[0], d1.shape[0]
+    sim = d0.float() @ d1.float().t()
+    if ratio is not None and m >= 2:
+        top, nn = sim.topk(2, dim=1)
+        sim_nn, nn01 = top[:, 0], nn[:, 0]
+    else:
+        sim_nn, nn01 = sim.max(dim=1)
+    nn10 = sim.argmax(dim=0)
+    keep = nn10[nn01] == torch.arange(n, device=d0.device)
+    if ratio is not None and m >= 2:
+        keep &= (1.0 - sim_nn) <= (ratio**2) * (1.0 - top[:, 1])
+    if dist is not None:
+        keep &= 2.0 - 2.0 * sim_nn <= dist**2
+    return nn01, sim_nn, keep
+
+
 def _match_torch(d0, d1, ratio, dist):
     n, m = d0.shape[0], d1.shape[0]
     dev = d0.device
@@ -138,18 +160,133 @@ def _match_torch(d0, d1, ratio, dist):
             torch.zeros((0,), dtype=torch.float32, device=dev),
         )
     with torch.no_grad():
-        sim = d0.float() @ d1.float().t()
-        if ratio is not None and m >= 2:
-            top, nn = sim.topk(2, dim=1)
-            sim_nn, nn01 = top[:, 0], nn[:, 0]
-        else:
-            sim_nn, nn01 = sim.max(dim=1)
-        nn10 = sim.argmax(dim=0)
+        nn01, sim_nn, keep = _mutual_nn_torch(d0, d1, ratio, dist)
         idx0 = torch.arange(n, device=dev)
-        keep = nn10[nn01] == idx0
-        if ratio is not None and m >= 2:
-            keep &= (1.0 - sim_nn) <= (ratio**2) * (1.0 - top[:, 1])
-        if dist is not None:
-            keep &= 2.0 - 2.0 * sim_nn <= dist**2
         matches = torch.stack([idx0[keep], nn01[keep]], dim=1)
         return matches, sim_nn[keep].float()
+
+
+class DeviceMatcher:
+    """Mutual-NN matching of one query against chosen groups of a descriptor bank kept on a
+    torch device (e.g. a map's keyframes on the GPU, uploaded once at map load).
+
+    Each call runs the matching of all requested groups on the device without waiting for it and
+    brings the result to the host in one copy; the same rules as `match_mutual_nn` (it is the
+    same torch code as its accelerator path, and it runs on CPU tensors as well).
+
+    Args:
+        groups: per group (e.g. keyframe) an (M_i, D) array of L2-normalized descriptors.
+        device: torch device for the bank, e.g. "cuda", "cuda:1" or "cpu".
+    Attributes:
+        device: the torch device; num_groups; dim (D); nbytes (bank size on the device).
+    """
+
+    def __init__(self, groups: list[np.ndarray], device: str | Any = "cpu") -> None:
+        if torch is None:  # pragma: no cover
+            raise ValueError("DeviceMatcher needs torch")
+        if not groups:
+            raise ValueError("DeviceMatcher needs at least one descriptor group")
+        dims = {int(g.shape[1]) for g in groups if getattr(g, "ndim", 0) == 2}
+        if any(getattr(g, "ndim", 0) != 2 for g in groups) or len(dims) != 1:
+            shapes = sorted({tuple(np.shape(g)) for g in groups})[:4]
+            raise ValueError(f"groups must be (M_i, D) arrays with one D, got shapes {shapes}")
+        for i, g in enumerate(groups):
+            _check(np.asarray(g), f"group {i}")
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"invalid device {device!r}: {err}") from err
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but torch has no CUDA here")
+        sizes = np.array([len(g) for g in groups], np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)])
+        bank = np.concatenate([np.asarray(g, np.float32) for g in groups])
+        self._bank = torch.from_numpy(np.ascontiguousarray(bank)).to(self.device)
+        self.device = self._bank.device  # with its index: "cuda" -> cuda:0
+        self.num_groups = len(groups)
+        self.dim = dims.pop()
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._bank.numel() * self._bank.element_size())
+
+    def group_size(self, i: int) -> int:
+        return int(self._offsets[i + 1] - self._offsets[i])
+
+    def to_device(self, desc: Any) -> Any:
+        """(N, D) query descriptors as a float32 tensor on the bank's device (no copy if there)."""
+        if not _is_torch(desc):
+            desc = torch.from_numpy(np.ascontiguousarray(desc))
+        return desc.to(self.device, torch.float32)
+
+    def match(
+        self,
+        desc0: Any,
+        group_ids: Any,
+        ratio_threshold: float | None = None,
+        distance_threshold: float | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Match `desc0` against each group in `group_ids`.
+
+        Args:
+            desc0: (N, D) query descriptors, numpy or a torch tensor (ideally on `device`).
+            group_ids: sequence of group indices.
+            ratio_threshold / distance_threshold: as `match_mutual_nn`.
+        Returns:
+            per group, in order: (matches (K, 2) int64 numpy (i in desc0, j in the group),
+            similarities (K,) float32 numpy), as `match_mutual_nn` returns for numpy inputs.
+        """
+        if _is_torch(desc0) and not desc0.is_floating_point():
+            raise ValueError(f"desc0 must be a floating-point tensor, got {desc0.dtype}")
+        # a query already on the bank's device is checked for NaN/inf in the same host copy as
+        # the matches (no extra synchronization); anything else is checked before the upload
+        resident = _is_torch(desc0) and desc0.device == self.device
+        if not resident:
+            _check(_cpu_to_numpy(desc0.cpu()) if _is_torch(desc0) else np.asarray(desc0), "desc0")
+        desc0 = self.to_device(desc0)
+        if desc0.ndim != 2:
+            raise ValueError(f"desc0 must have shape (N, D), got {tuple(desc0.shape)}")
+        if desc0.shape[1] != self.dim:
+            raise ValueError(
+                f"descriptor dimensions differ: desc0 is {tuple(desc0.shape)}, the bank is "
+                f"(*, {self.dim})"
+            )
+        if ratio_threshold is not None and not 0.0 < ratio_threshold <= 1.0:
+            raise ValueError(f"ratio_threshold must be in (0, 1] or None, got {ratio_threshold}")
+        if distance_threshold is not None and not distance_threshold >= 0.0:
+            raise ValueError(f"distance_threshold must be >= 0 or None, got {distance_threshold}")
+        ids = [int(i) for i in group_ids]
+        bad = [i for i in ids if not 0 <= i < self.num_groups]
+        if bad:
+            raise ValueError(f"group ids {bad[:5]} out of range [0, {self.num_groups})")
+        n = desc0.shape[0]
+        empty = (np.zeros((0, 2), np.int64), np.zeros((0,), np.float32))
+        live = [i for i in ids if self.group_size(i) > 0]
+        if n == 0 or not live:
+            if resident:
+                _check(desc0, "desc0")
+            return [empty for _ in ids]
+        rows = []
+        with torch.no_grad():
+            for i in live:  # queued on the device; nothing here waits for it
+                a, b = int(self._offsets[i]), int(self._offsets[i + 1])
+                nn01, sim_nn, keep = _mutual_nn_torch(
+                    desc0, self._bank[a:b], ratio_threshold, distance_threshold
+                )
+                # float64 holds any int32 index and any float32 similarity exactly
+                rows.append(torch.stack([torch.where(keep, nn01, -1).double(), sim_nn.double()]))
+            packed = torch.stack(rows).reshape(-1)  # (G * 2 * N,)
+            if resident:
+                packed = torch.cat([packed, torch.isfinite(desc0).all().double().reshape(1)])
+            flat = packed.cpu().numpy()  # the one device -> host copy
+        if resident and not flat[-1]:
+            raise ValueError("desc0 contain NaN or infinite values")
+        host = flat[: len(live) * 2 * n].reshape(len(live), 2, n)
+        out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        idx0 = np.arange(n)
+        for g, i in enumerate(live):
+            nn01 = host[g, 0]
+            keep = nn01 >= 0
+            matches = np.stack([idx0[keep], nn01[keep].astype(np.int64)], axis=1)
+            out[i] = (matches.astype(np.int64), host[g, 1, keep].astype(np.float32))
+        return [out.get(i, empty) for i in ids]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from supergf_ros.datasets import Dataset
 from supergf_ros.geometry import pose_error
@@ -138,3 +139,68 @@ def test_sift_map_needs_no_network(data_dir: Path, tmp_path: Path):
     loc = Localizer.from_map(path)
     assert loc.backend_info["backend"] == "none"
     assert "need no network" in loc.backend_info["reason"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Matching on the networks' device (torch) vs on the host (numpy)
+# ------------------------------------------------------------------------------------------------
+def test_torch_matching_equals_numpy_matching(torch_map: Path, superpoint_weights: Path, query):
+    """The device-side matching (keyframes uploaded once) run on CPU tensors localizes exactly
+    as the numpy matcher; the query's descriptors are taken where the extractor left them."""
+    from supergf_ros.features import create_extractor
+
+    image, camera, gt = query
+    conf = {"superpoint_weights": superpoint_weights, "top_k": 3, "backend": "torch"}
+    auto = Localizer.from_map(torch_map, conf)
+    if not auto.backend_info["device"].startswith("cuda"):
+        assert auto._matcher is None  # on CPU "auto" matches with numpy
+    on_host = Localizer.from_map(torch_map, {**conf, "match_backend": "numpy"})
+    on_device = Localizer.from_map(torch_map, {**conf, "match_backend": "torch"})
+    assert on_host._matcher is None
+    assert on_device._matcher.num_groups == on_device.map.num_keyframes
+    assert on_device._matcher.device.type == on_device.extractor.device.type
+    # vlad reads no dense map: the extractor skips that copy
+    assert on_device.extractor.conf["return_dense"] is False
+    # features post-processed in torch carry their descriptors as a tensor (used by the matcher)
+    ident = on_device.map.extractor["config"]
+    extractor = create_extractor(
+        "superpoint",
+        **{k: v for k, v in ident.items() if k not in ("backend", "device")},
+        weights=str(superpoint_weights),
+        postprocess="torch",
+        return_dense=False,
+    )
+    features = extractor.extract(image)
+    assert features.dense is None and "descriptors_torch" in features.extra
+    r_host = on_host.localize_features(features, camera)
+    r_device = on_device.localize_features(features, camera)
+    assert r_host.success and r_device.success, (r_host.reason, r_device.reason)
+    assert r_device.retrieved == r_host.retrieved
+    assert r_device.num_matches == r_host.num_matches > 100
+    assert r_device.num_correspondences == r_host.num_correspondences
+    for r in (r_host, r_device):
+        dt, dr = pose_error(r.cam_from_world, gt)
+        assert dt < 0.05 and dr < 0.5
+    # the full pipeline (numpy-post-processed features, descriptors uploaded per query) as well
+    r = on_device.localize(image, camera)
+    assert r.success and r.num_matches == r_host.num_matches
+    with pytest.raises(ValueError, match="match_backend"):
+        Localizer.from_map(torch_map, {**conf, "match_backend": "cuda"})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device visible to PyTorch")
+def test_cuda_localizer_post_processes_and_matches_on_the_gpu(
+    torch_map: Path, superpoint_weights: Path, query
+):
+    image, camera, gt = query
+    conf = {"superpoint_weights": superpoint_weights, "top_k": 3}
+    gpu = Localizer.from_map(torch_map, {**conf, "backend": "torch", "device": "cuda"})
+    assert gpu.extractor.postprocess == "torch"
+    assert gpu._matcher is not None and gpu._matcher.device.type == "cuda"
+    cpu = Localizer.from_map(torch_map, {**conf, "backend": "torch", "device": "cpu"})
+    r_gpu, r_cpu = gpu.localize(image, camera), cpu.localize(image, camera)
+    assert r_gpu.success and r_cpu.success, (r_gpu.reason, r_cpu.reason)
+    assert abs(r_gpu.num_matches - r_cpu.num_matches) <= 0.1 * r_cpu.num_matches
+    dt, dr = pose_error(r_gpu.cam_from_world, gt)
+    assert dt < 0.05 and dr < 0.5

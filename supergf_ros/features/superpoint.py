@@ -167,7 +167,8 @@ def _max_pool(x: torch.Tensor, radius: int) -> torch.Tensor:
 def simple_nms(scores: torch.Tensor, nms_radius: int) -> torch.Tensor:
     """Max-pool non-maximum suppression of (B, H, W) scores (as in SuperGlue); zeros elsewhere.
 
-    Batched torch version (e.g. for GPU training); the extractor uses `simple_nms_np`.
+    Batched torch version, used by `postprocess_torch` (the GPU path); on CPU the extractor
+    uses `simple_nms_np`, which is much faster there.
     """
     if nms_radius <= 0:
         return scores
@@ -211,8 +212,14 @@ def sample_descriptors(
     d, h, w = dense.shape
     if keypoints.shape[0] == 0:
         return dense.new_zeros((0, d))
-    size = torch.tensor([w * stride, h * stride], dtype=keypoints.dtype, device=keypoints.device)
-    grid = (keypoints + 0.5) / size * 2 - 1  # align_corners=False maps this onto cell centres
+    # align_corners=False maps this onto cell centres; scalar factors (no host -> device copy)
+    grid = torch.stack(
+        [
+            (keypoints[:, 0] + 0.5) * (2.0 / (w * stride)) - 1.0,
+            (keypoints[:, 1] + 0.5) * (2.0 / (h * stride)) - 1.0,
+        ],
+        dim=1,
+    )
     desc = F.grid_sample(
         dense[None],
         grid[None, None].to(dense.dtype),
@@ -221,6 +228,70 @@ def sample_descriptors(
         padding_mode="border",
     )  # (1, D, 1, N)
     return F.normalize(desc[0, :, 0].t(), p=2.0, dim=1)
+
+
+def postprocess_torch(
+    scores: torch.Tensor,
+    dense: torch.Tensor,
+    *,
+    nms_radius: int = 4,
+    detection_threshold: float = 0.005,
+    max_keypoints: int = 1024,
+    remove_borders: int = 4,
+) -> dict[str, torch.Tensor]:
+    """SuperPoint post-processing in torch, on whatever device the network outputs are.
+
+    NMS (max-pool), border removal, threshold, top-k and bilinear descriptor sampling + L2 norm;
+    the same result as the extractor's numpy/OpenCV path (up to the order of equal scores). With
+    `max_keypoints` > 0 nothing here waits for the device: the top-k candidates are kept with a
+    `valid` mask instead of a data-dependent selection, so the caller can copy everything to the
+    host at once. With `max_keypoints` = -1 the threshold needs one synchronization (nonzero).
+
+    Args:
+        scores: (H, W) keypoint probabilities of the valid (unpadded) image area.
+        dense: (D, h, w) dense descriptors of the (padded) image, cell stride 8.
+        nms_radius, detection_threshold, max_keypoints, remove_borders: as `SuperPoint`.
+    Returns:
+        dict of tensors on the inputs' device, K = min(max_keypoints, H * W) candidates (all
+        thresholded pixels with max_keypoints = -1), sorted by decreasing score:
+        "keypoints" (K, 2) float32 (x, y) pixels; "scores" (K,) float32; "descriptors" (K, D)
+        float32 L2-normalized; "valid" (K,) bool, score > detection_threshold (a prefix).
+    """
+    if scores.ndim != 2:
+        raise ValueError(f"scores must have shape (H, W), got {tuple(scores.shape)}")
+    if dense.ndim != 3:
+        raise ValueError(f"dense must have shape (D, h, w), got {tuple(dense.shape)}")
+    if max_keypoints == 0 or max_keypoints < -1:
+        raise ValueError(f"max_keypoints must be -1 (all) or > 0, got {max_keypoints}")
+    w = scores.shape[1]
+    scores = scores.float()
+    if nms_radius > 0:
+        scores = simple_nms(scores[None], int(nms_radius))[0]  # a new tensor
+    else:
+        scores = scores.clone()
+    b = int(remove_borders)
+    if b > 0:
+        scores[:b] = 0
+        scores[-b:] = 0
+        scores[:, :b] = 0
+        scores[:, -b:] = 0
+    flat = scores.reshape(-1)
+    if max_keypoints > 0:
+        top_scores, index = flat.topk(min(int(max_keypoints), flat.numel()), sorted=True)
+        valid = top_scores > detection_threshold
+    else:
+        index = torch.nonzero(flat > detection_threshold).squeeze(1)  # row-major, as numpy
+        top_scores, order = flat[index].sort(descending=True, stable=True)
+        index = index[order]
+        valid = torch.ones_like(top_scores, dtype=torch.bool)
+    keypoints = torch.stack([index % w, torch.div(index, w, rounding_mode="floor")], 1).float()
+    descriptors = sample_descriptors(keypoints, dense.float())
+    return {
+        "keypoints": keypoints,
+        "scores": top_scores,
+        "descriptors": descriptors,
+        "valid": valid,
+    }
 
 
 def _resize_for(shape: tuple[int, int], resize_max: int | None) -> tuple[int, int] | None:
@@ -249,10 +320,22 @@ class SuperPoint(Extractor):
         device: "cpu", "cuda[:i]" or "auto" (torch device; with "onnxruntime", "cuda" selects
             the CUDA execution provider).
         onnx_cache_dir: where the "onnxruntime" backend caches its exported model (None: default).
+        postprocess: where NMS, threshold, border removal, top-k and descriptor sampling run:
+            "numpy" (OpenCV/numpy on the host; fastest on CPU), "torch" (`postprocess_torch` on
+            the tensors where the network left them) or "auto" (torch when the PyTorch network
+            runs on a GPU, numpy otherwise). With torch on a GPU the frame crosses from device to
+            host once: one packed copy of (keypoints, scores, descriptors), plus the dense map
+            only when `return_dense`.
+        return_dense: also return the dense descriptor map (SuperGF-dense and dense GeM need it;
+            SuperGF-sparse, VLAD and the matching do not). Neither this nor `postprocess` changes
+            the sparse features, so both stay out of `identity()`.
 
     Output `LocalFeatures`: keypoints (N, 2), scores (N,), descriptors (N, 256), dense
-    (256, ceil(h/8), ceil(w/8)) for the processed (resized, padded to a multiple of 8) image, and
-    `extra` with `processed_size` (w, h) before padding and `scale` (sx, sy) = input / processed.
+    (256, ceil(h/8), ceil(w/8)) for the processed (resized, padded to a multiple of 8) image (None
+    without `return_dense`), and `extra` with `processed_size` (w, h) before padding, `scale`
+    (sx, sy) = input / processed and `postprocess` ("numpy" or "torch"). After torch
+    post-processing `extra["descriptors_torch"]` also holds the (N, 256) float32 descriptors as a
+    tensor on the network's device, so that matching on that device needs no upload.
     """
 
     name = "superpoint"
@@ -266,7 +349,11 @@ class SuperPoint(Extractor):
         "backend": "torch",
         "device": "cpu",
         "onnx_cache_dir": None,
+        "postprocess": "auto",
+        "return_dense": True,
     }
+    # options that change how features are computed, not what they are (kept out of identity)
+    runtime_options = ("weights", "onnx_cache_dir", "postprocess", "return_dense")
 
     def __init__(self, **conf: Any) -> None:
         super().__init__(**conf)
@@ -292,6 +379,12 @@ class SuperPoint(Extractor):
             raise ValueError(f"remove_borders must be >= 0, got {c['remove_borders']}")
         if c["resize_max"] is not None and int(c["resize_max"]) < 16:
             raise ValueError(f"resize_max must be None or >= 16, got {c['resize_max']}")
+        if c["postprocess"] not in ("auto", "numpy", "torch"):
+            raise ValueError(
+                f"postprocess must be 'auto', 'numpy' or 'torch', got {c['postprocess']!r}"
+            )
+        if not isinstance(c["return_dense"], bool):
+            raise ValueError(f"return_dense must be True or False, got {c['return_dense']!r}")
         self.weights_path = resolve_weights(c["weights"])
         self.net = load_superpoint_net(self.weights_path)
         self._sha256: str | None = None
@@ -319,6 +412,11 @@ class SuperPoint(Extractor):
             self._run_net = copy.deepcopy(self.net).to(memory_format=torch.channels_last)
         else:
             self._ort = self._build_ort()
+        if c["postprocess"] == "auto":  # torch where the scores already are: on the GPU
+            on_gpu = backend == "torch" and self.device.type == "cuda"
+            self.postprocess = "torch" if on_gpu else "numpy"
+        else:
+            self.postprocess = c["postprocess"]
 
     @property
     def descriptor_dim(self) -> int:
@@ -331,7 +429,7 @@ class SuperPoint(Extractor):
         return self._sha256
 
     def identity(self) -> dict[str, Any]:
-        conf = {k: v for k, v in self.conf.items() if k not in ("weights", "onnx_cache_dir")}
+        conf = {k: v for k, v in self.conf.items() if k not in self.runtime_options}
         return {"name": self.name, "config": conf, "weights_sha256": self.weights_sha256}
 
     def _build_ort(self):
@@ -386,9 +484,46 @@ class SuperPoint(Extractor):
             if pad_h or pad_w:  # replicate-pad right/bottom; the padded area is ignored below
                 x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
             scores, dense = self.run_network(x)
-            scores = scores[0, :h, :w].to("cpu", torch.float32).numpy()
-            dense = dense[0].to("cpu", torch.float32).contiguous()
+            extra: dict[str, Any] = {}
+            dense_host = None
+            if self.postprocess == "torch":
+                keypoints, kp_scores, descriptors, extra = self._postprocess_torch(
+                    scores[0, :h, :w], dense[0]
+                )
+                if c["return_dense"]:  # the only other device -> host copy
+                    dense_host = dense[0].to("cpu", torch.float32).contiguous()
+            else:
+                dense_host = dense[0].to("cpu", torch.float32).contiguous()
+                keypoints, kp_scores, descriptors = self._postprocess_numpy(
+                    scores[0, :h, :w].to("cpu", torch.float32).numpy(), dense_host
+                )
+            dense_np = dense_host.numpy() if c["return_dense"] else None
 
+        scale = (in_w / w, in_h / h)
+        if new_size is not None:
+            keypoints = (keypoints + 0.5) * np.array(scale, dtype=np.float32) - 0.5
+        return LocalFeatures(
+            keypoints=np.ascontiguousarray(keypoints, dtype=np.float32),
+            scores=kp_scores.astype(np.float32, copy=False),
+            descriptors=descriptors.astype(np.float32, copy=False),
+            dense=dense_np,
+            image_size=(in_w, in_h),
+            extra={
+                "processed_size": (w, h),
+                "scale": scale,
+                "postprocess": self.postprocess,
+                **extra,
+            },
+        )
+
+    def _postprocess_numpy(
+        self, scores: np.ndarray, dense: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(keypoints (N, 2), scores (N,), descriptors (N, 256)) with OpenCV/numpy on the host.
+
+        `scores` is the (H, W) probability map, `dense` the (256, h, w) CPU descriptor map.
+        """
+        c = self.conf
         scores = simple_nms_np(np.ascontiguousarray(scores), int(c["nms_radius"]))
         b = int(c["remove_borders"])
         if b > 0:
@@ -405,17 +540,27 @@ class SuperPoint(Extractor):
         order = np.argsort(-kp_scores, kind="stable")
         keypoints = np.stack([cols[order], rows[order]], axis=1).astype(np.float32)
         kp_scores = kp_scores[order]
-        with torch.inference_mode():
-            descriptors = sample_descriptors(torch.from_numpy(keypoints), dense).numpy()
+        descriptors = sample_descriptors(torch.from_numpy(keypoints), dense).numpy()
+        return keypoints, kp_scores, descriptors
 
-        scale = (in_w / w, in_h / h)
-        if new_size is not None:
-            keypoints = (keypoints + 0.5) * np.array(scale, dtype=np.float32) - 0.5
-        return LocalFeatures(
-            keypoints=np.ascontiguousarray(keypoints, dtype=np.float32),
-            scores=kp_scores.astype(np.float32, copy=False),
-            descriptors=descriptors.astype(np.float32, copy=False),
-            dense=dense.numpy(),
-            image_size=(in_w, in_h),
-            extra={"processed_size": (w, h), "scale": scale},
+    def _postprocess_torch(
+        self, scores: torch.Tensor, dense: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """`postprocess_torch` where the tensors are, then ONE packed device -> host copy."""
+        c = self.conf
+        out = postprocess_torch(
+            scores,
+            dense,
+            nms_radius=int(c["nms_radius"]),
+            detection_threshold=float(c["detection_threshold"]),
+            max_keypoints=int(c["max_keypoints"]),
+            remove_borders=int(c["remove_borders"]),
         )
+        columns = [out["keypoints"], out["scores"][:, None], out["valid"][:, None].float()]
+        packed = torch.cat([*columns, out["descriptors"]], dim=1)  # (K, 2 + 1 + 1 + D)
+        host = packed.cpu().numpy()
+        n = int(np.count_nonzero(host[:, 3]))  # valid candidates are a prefix
+        keypoints = np.ascontiguousarray(host[:n, :2])
+        kp_scores = np.ascontiguousarray(host[:n, 2])
+        descriptors = np.ascontiguousarray(host[:n, 4:])
+        return keypoints, kp_scores, descriptors, {"descriptors_torch": out["descriptors"][:n]}

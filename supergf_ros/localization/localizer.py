@@ -90,6 +90,11 @@ class Localizer:
         match_3d_only: match the query only against keyframe keypoints that have a 3D point
             (the others cannot become 2D-3D correspondences; about 40% less matching work).
         index: retrieval index "auto" | "flat" | "hnsw".
+        match_backend: "auto" | "numpy" | "torch". "torch" keeps the keyframe descriptors on
+            the networks' device (uploaded once, here; CPU when the networks run there) and
+            matches the query's descriptors where the extractor left them, with one host copy
+            of all matches per query; "numpy" matches on the host; "auto" is torch when the
+            networks run on a CUDA device that PyTorch can use, numpy otherwise (faster on CPU).
 
     After construction, `backend_info` says what runs the networks and why:
     {"backend", "device", "reason"} (backend "none" when the map needs no network, e.g. SIFT).
@@ -112,6 +117,7 @@ class Localizer:
         "device": "auto",
         "match_3d_only": True,
         "index": "auto",
+        "match_backend": "auto",
     }
 
     def __init__(self, map_data: MapData, conf: dict[str, Any] | None = None) -> None:
@@ -126,12 +132,18 @@ class Localizer:
             raise ValueError(f"top_k must be >= 1, got {self.conf['top_k']}")
         if int(self.conf["min_inliers"]) < 4:
             raise ValueError(f"min_inliers must be >= 4, got {self.conf['min_inliers']}")
+        if self.conf["match_backend"] not in ("auto", "numpy", "torch"):
+            raise ValueError(
+                "match_backend must be 'auto', 'numpy' or 'torch', "
+                f"got {self.conf['match_backend']!r}"
+            )
         self.map = map_data
         self.backend_info = self._select_backend()
         self.extractor = self._build_extractor()
         self.aggregator = self._build_aggregator()
         self.index = GlobalIndex(map_data.global_descriptors, kind=self.conf["index"])
         self._prepare_keyframes()
+        self._matcher = self._build_matcher()
         self._pycolmap_cameras: dict[Camera, Any] = {}
         info = self.backend_info
         logger.info(
@@ -192,6 +204,39 @@ class Localizer:
         self._kf_desc = [desc[cuts[i] : cuts[i + 1]] for i in range(m.num_keyframes)]
         self._kf_sel = [rows[cuts[i] : cuts[i + 1]] - a for i, (a, _) in enumerate(bounds)]
 
+    def _build_matcher(self):
+        """A `DeviceMatcher` holding the keyframes' matching descriptors on the torch device of
+        the networks (see `match_backend`), or None to match with numpy on the host."""
+        choice = self.conf["match_backend"]
+        device = str(self.backend_info["device"])
+        on_cuda = device.startswith("cuda")
+        if on_cuda:
+            import torch
+
+            on_cuda = torch.cuda.is_available()
+        if choice == "numpy" or (choice == "auto" and not on_cuda):
+            return None
+        from ..matching import DeviceMatcher
+
+        matcher = DeviceMatcher(self._kf_desc, device=device if on_cuda else "cpu")
+        logger.info(
+            "matching on %s: %d keyframes, %.1f MB of descriptors uploaded once",
+            matcher.device,
+            matcher.num_groups,
+            matcher.nbytes / 2**20,
+        )
+        return matcher
+
+    def _map_needs_dense(self) -> bool:
+        """Whether the map's global descriptor reads the dense local descriptor map."""
+        ident = self.map.aggregator
+        name = str(ident["name"])
+        if name in ("supergf-sparse", "vlad"):
+            return False
+        if name == "gem":
+            return dict(ident.get("config", {})).get("source", "auto") != "sparse"
+        return True
+
     def _build_extractor(self):
         from ..features import EXTRACTORS, create_extractor
 
@@ -210,6 +255,8 @@ class Localizer:
             conf["device"] = self.backend_info["device"]
             if self.conf["resize_max"] is not None:
                 conf["resize_max"] = int(self.conf["resize_max"])
+            # the dense map is a second device -> host copy: only when retrieval reads it
+            conf["return_dense"] = self._map_needs_dense()
         if self.conf["max_keypoints"] is not None:
             conf["max_keypoints"] = int(self.conf["max_keypoints"])
         extractor = create_extractor(name, **conf)
@@ -327,15 +374,20 @@ class Localizer:
         t = time.perf_counter()
         from ..matching import match_mutual_nn
 
-        qdesc = np.ascontiguousarray(features.descriptors, dtype=np.float32)
+        thresholds = {
+            "ratio_threshold": conf["ratio_threshold"],
+            "distance_threshold": conf["distance_threshold"],
+        }
+        if self._matcher is not None:  # all keyframes at once on the device, one host copy
+            qdesc = features.extra.get("descriptors_torch")
+            if qdesc is None or tuple(qdesc.shape) != features.descriptors.shape:
+                qdesc = features.descriptors  # uploaded once for all keyframes
+            raw = self._matcher.match(qdesc, idx, **thresholds)
+        else:
+            qdesc = np.ascontiguousarray(features.descriptors, dtype=np.float32)
+            raw = [match_mutual_nn(qdesc, self._kf_desc[i], **thresholds) for i in idx]
         per_kf = []
-        for i in idx:
-            m, _ = match_mutual_nn(
-                qdesc,
-                self._kf_desc[i],
-                ratio_threshold=conf["ratio_threshold"],
-                distance_threshold=conf["distance_threshold"],
-            )
+        for i, (m, _) in zip(idx, raw):
             sel = self._kf_sel[i]
             if sel is not None:  # rows of the 3D-only subset -> keypoint indices
                 m[:, 1] = sel[m[:, 1]]
