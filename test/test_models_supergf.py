@@ -224,3 +224,109 @@ def test_default_weights_path():
     with pytest.raises(ValueError, match="unknown local features"):
         default_weights_path("dense", "orb")
     assert np.isclose(float(build_model("dense").pool.p.detach()), 3.0)
+
+
+# ----------------------------------------------------------------------------- residual slots
+
+RESIDUAL = {
+    "latent_dim": 32,
+    "input_dim": 32,
+    "mlp_dim": 64,
+    "num_layers": 1,
+    "num_heads": 2,
+    "num_slots": 6,
+    "aggregation": "residual",
+}
+
+
+def _soft_vlad(desc: np.ndarray, centroids: np.ndarray, alpha: float) -> np.ndarray:
+    """Reference soft-assignment VLAD: intra-normalized residual sums, concatenated, L2."""
+    d2 = ((desc[:, None, :] - centroids[None]) ** 2).sum(-1)
+    logits = -alpha * d2
+    a = np.exp(logits - logits.max(1, keepdims=True))
+    a /= a.sum(1, keepdims=True)
+    res = a.T @ desc - a.sum(0)[:, None] * centroids
+    res /= np.maximum(np.linalg.norm(res, axis=1, keepdims=True), 1e-12)
+    v = res.ravel()
+    return v / np.linalg.norm(v)
+
+
+@torch.no_grad()
+def test_residual_slots_start_as_soft_vlad():
+    torch.manual_seed(0)
+    model = build_model("sparse", RESIDUAL).eval()
+    assert model.dim == 6 * 32
+    g = torch.Generator().manual_seed(4)
+    centroids = torch.nn.functional.normalize(torch.randn(6, 32, generator=g), dim=-1)
+    model.init_from_codebook(centroids, alpha=5.0)
+    data = sparse_inputs(200, seed=2, dim=32)
+    out = model(data)
+    expected = _soft_vlad(data["descriptors"][0].numpy(), centroids.numpy(), 5.0)
+    got = out["global_descriptor"][0].numpy()
+    assert got.shape == (192,)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert out["attention"].shape == (1, 6, 200)
+    torch.testing.assert_close(out["attention"].sum(-1), torch.ones(1, 6), atol=1e-5, rtol=0)
+    # keypoint order does not matter; padding does not matter; the empty set is defined
+    perm = torch.randperm(200, generator=g)
+    permuted = {k: v[:, perm] if k != "image_size" else v for k, v in data.items()}
+    torch.testing.assert_close(model(permuted)["global_descriptor"][0], out["global_descriptor"][0])
+    padded = {
+        k: torch.cat([v, torch.ones_like(v[:, :30]) * 7], 1) if k != "image_size" else v
+        for k, v in data.items()
+    }
+    padded["mask"] = torch.arange(230)[None] < 200
+    torch.testing.assert_close(model(padded)["global_descriptor"], out["global_descriptor"])
+    empty = model(sparse_inputs(0, dim=32))["global_descriptor"]
+    assert torch.isfinite(empty).all() and abs(float(empty.norm()) - 1) < 1e-5
+
+
+def test_residual_slots_train_all_parameters_and_reject_bad_options():
+    torch.manual_seed(0)
+    model = build_model("sparse", RESIDUAL)
+    model.init_from_codebook(torch.randn(6, 32), alpha=2.0)
+    # the encoder starts as the identity (zero residual branches); one step makes it not
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        out = model(sparse_inputs(40, dim=32))
+        (out["global_descriptor"][0, :50].sum() + out["attention"].square().sum()).backward()
+        opt.step()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not no_grad, no_grad
+    with pytest.raises(ValueError, match="aggregation"):
+        build_model("sparse", {**RESIDUAL, "aggregation": "netvlad"})
+    with pytest.raises(ValueError, match="codebook must have shape"):
+        model.init_from_codebook(torch.randn(5, 32), alpha=1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        model.init_from_codebook(torch.randn(6, 32), alpha=0.0)
+    with pytest.raises(ValueError, match="residual"):
+        build_model("sparse", {**SMALL, "num_slots": 4}).init_from_codebook(torch.randn(4, 256), 1)
+
+
+def test_residual_slots_onnx_and_checkpoint(tmp_path):
+    from supergf_ros.inference.onnx import OrtModule
+    from supergf_ros.models import export_model_onnx
+
+    torch.manual_seed(0)
+    model = build_model("sparse", {**RESIDUAL, "residual_power": 0.5}).eval()
+    model.init_from_codebook(torch.randn(6, 32), alpha=3.0)
+    with torch.no_grad():  # a non-trivial encoder
+        for p in model.layers.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ort = OrtModule(export_model_onnx(model, tmp_path / "residual.onnx"))
+    inputs = model.example_inputs(batch=2, num_keypoints=50)  # 32-D descriptors (input_dim)
+    inputs[-1][1, 20:] = False  # second sample padded
+    with torch.no_grad():
+        expected = model(dict(zip(model.input_names, inputs)))
+    got = ort(*(t.numpy() for t in inputs))
+    assert got[0].shape == (2, 192)
+    np.testing.assert_allclose(got[0], expected["global_descriptor"].numpy(), atol=1e-4)
+    save_checkpoint(tmp_path / "r.pt", model)
+    loaded, info = load_checkpoint(tmp_path / "r.pt")
+    assert info["config"]["aggregation"] == "residual" and loaded.dim == 192
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(dict(zip(model.input_names, inputs)))["global_descriptor"],
+            expected["global_descriptor"],
+        )

@@ -197,3 +197,51 @@ def test_cli_and_two_process_data_parallel(tiny_scene, feature_cache, tmp_path, 
     assert info["extra"]["training"]["conf"]["batch_size"] == 2
     summary = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert summary["steps"] == 4
+
+
+def test_residual_slots_start_from_training_codebook(tiny_scene, feature_cache, tmp_path):
+    """aggregation="residual": the slots start from k-means of the training descriptors."""
+    from supergf_ros.models import load_checkpoint
+    from supergf_ros.training.trainer import codebook_from_features
+
+    model_conf = {**TINY, "num_slots": 8, "aggregation": "residual"}
+    conf = _conf(model="supergf-sparse", steps=2, lr=1e-7, lr_min=1e-7, model_conf=model_conf)
+    train([tiny_scene], [], feature_cache, conf, tmp_path / "run", progress=False)
+    model, _ = load_checkpoint(tmp_path / "run" / "model_last.pt")
+    sampler = CandidateSampler([tiny_scene], 1, 2, 6, 0.5)
+    expected = codebook_from_features(feature_cache.load(sampler.paths), 8, seed=0)
+    np.testing.assert_allclose(model.centroids.detach().numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        model.slot_keys.detach().numpy(), 2 * 30.0 * expected, rtol=1e-3, atol=1e-4
+    )
+    with pytest.raises(ValueError, match="at least num_slots"):
+        codebook_from_features(feature_cache.load(sampler.paths[:1]), 1000)
+
+
+def test_frozen_parameters_stay_fixed(tiny_scene, feature_cache, tmp_path):
+    from supergf_ros.models import load_checkpoint
+    from supergf_ros.training.trainer import codebook_from_features
+
+    model_conf = {**TINY, "num_slots": 8, "aggregation": "residual"}
+    conf = _conf(
+        model="supergf-sparse",
+        steps=3,
+        lr=1e-2,
+        model_conf=model_conf,
+        frozen_parameters=["centroids", "slot_keys", "slot_bias"],
+    )
+    train([tiny_scene], [], feature_cache, conf, tmp_path / "run", progress=False)
+    model, _ = load_checkpoint(tmp_path / "run" / "model_last.pt")
+    sampler = CandidateSampler([tiny_scene], 1, 2, 6, 0.5)
+    expected = codebook_from_features(feature_cache.load(sampler.paths), 8, seed=0)
+    np.testing.assert_array_equal(model.centroids.detach().numpy(), expected)
+    assert model.layers[0].mlp[-1].weight.abs().max() > 0  # trained (zero at init)
+    with pytest.raises(ValueError, match="match no parameter"):
+        train(
+            [tiny_scene],
+            [],
+            feature_cache,
+            {**conf, "frozen_parameters": ["no_such_layer"]},
+            tmp_path / "bad",
+            progress=False,
+        )

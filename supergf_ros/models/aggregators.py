@@ -487,7 +487,8 @@ def create_aggregator(name: str, **conf: Any) -> GlobalAggregator:
 
 
 # Best first, by the held-out Recall@1 of the shipped weights (supergf_ros/weights/MODEL_CARD.md):
-# the CPU-trained SuperGF checkpoints do not yet beat the training-free VLAD and GeM.
+# the CPU-trained SuperGF-sparse (residual slots) beats VLAD and GeM on vpr/corridor but not on
+# Herz-Jesus-P25, and SuperGF-dense beats neither, so the training-free descriptors stay first.
 RETRIEVAL_RANKING = ("vlad", "gem", "supergf-sparse", "supergf-dense")
 
 

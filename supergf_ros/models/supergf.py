@@ -8,6 +8,12 @@ L2-normalized global descriptor: a few pre-norm ViT encoder layers, GeM pooling,
 - `SuperGFSparse`: keypoints, descriptors, scores (+ padding mask) -> positional encoding of
   descriptor + normalized keypoint position + score -> slot attention to S tokens -> encoder ->
   GeM -> L2 -> {"global_descriptor": (B, E), "attention": (B, S, N)}.
+  With ``aggregation="residual"`` the slots attend NetVLAD-style: each keypoint is softly
+  assigned to S slots (logits from its descriptor, plus a position/score term), every slot token
+  is the assignment-weighted sum of residuals to its slot centre, and the encoder output is
+  intra-normalized and concatenated (E = S * latent_dim). `init_from_codebook` sets the slots
+  from k-means centroids of training descriptors, and the encoder starts as the identity, so the
+  untrained model is a soft-assignment VLAD and training starts from training-free quality.
 """
 
 from __future__ import annotations
@@ -172,6 +178,10 @@ class SuperGFSparse(SuperGFBase):
         "num_slots": 64,
         "slot_iterations": 1,
         "keypoint_encoder": [32, 64, 128, 256],
+        # "slots": slot attention + GeM (the paper); "residual": NetVLAD-like residual slots,
+        # concatenated output (dim num_slots * latent_dim), initialisable from a k-means codebook
+        "aggregation": "slots",
+        "residual_power": 1.0,  # residual mode: signed power normalization of the slot residuals
     }
     input_names = ["keypoints", "descriptors", "scores", "image_size", "mask"]
     output_names = ["global_descriptor", "attention"]
@@ -188,12 +198,69 @@ class SuperGFSparse(SuperGFBase):
     def __init__(self, conf: dict[str, Any] | None = None) -> None:
         super().__init__(conf)
         c = self.conf
+        if c["aggregation"] not in ("slots", "residual"):
+            raise ValueError(f"aggregation must be 'slots' or 'residual', got {c['aggregation']!r}")
+        if int(c["num_slots"]) < 1:
+            raise ValueError(f"num_slots must be >= 1, got {c['num_slots']}")
+        if c["aggregation"] == "residual":
+            self._init_residual()
+            return
         self.descriptor_proj = nn.Linear(c["input_dim"], c["latent_dim"])
         self.keypoint_encoder = mlp([3, *c["keypoint_encoder"], c["latent_dim"]])
         nn.init.constant_(self.keypoint_encoder[-1].bias, 0.0)
         self.slot_attention = SlotAttention(c["latent_dim"], c["num_slots"], c["slot_iterations"])
         self.layers = self._encoder()
         self.pool = GeM(c["gem_p"], learn_p=c["learn_gem_p"])
+
+    @property
+    def residual(self) -> bool:
+        return self.conf["aggregation"] == "residual"
+
+    @property
+    def dim(self) -> int:
+        """Size of the global descriptor (num_slots * latent_dim in residual mode)."""
+        c = self.conf
+        return int(c["num_slots"]) * int(c["latent_dim"]) if self.residual else int(c["latent_dim"])
+
+    def _init_residual(self) -> None:
+        c = self.conf
+        s, d, e = int(c["num_slots"]), int(c["input_dim"]), int(c["latent_dim"])
+        centroids = F.normalize(torch.randn(s, d), dim=-1)
+        self.centroids = nn.Parameter(centroids.clone())  # slot centres (descriptor space)
+        self.slot_keys = nn.Parameter(centroids.clone())  # assignment logits: x @ keys.T + bias
+        self.slot_bias = nn.Parameter(torch.zeros(s))
+        # position + score -> per-slot logit offsets; zero at init (pure descriptor assignment)
+        self.keypoint_encoder = mlp([3, *c["keypoint_encoder"], s])
+        nn.init.zeros_(self.keypoint_encoder[-1].weight)
+        nn.init.zeros_(self.keypoint_encoder[-1].bias)
+        self.token_proj = nn.Linear(d, e)
+        if d == e:  # identity: tokens are the VLAD residuals
+            with torch.no_grad():
+                self.token_proj.weight.copy_(torch.eye(d))
+                self.token_proj.bias.zero_()
+        self.layers = self._encoder()
+        for layer in self.layers:  # residual branches start at zero: the encoder is the identity
+            for lin in (layer.attn.proj, layer.mlp[-1]):
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
+
+    @torch.no_grad()
+    def init_from_codebook(self, centroids: torch.Tensor, alpha: float) -> None:
+        """Residual mode: slots from a k-means codebook (S, D); soft assignment
+        softmax_s(-alpha * ||x - c_s||^2), i.e. keys 2 alpha c_s and bias -alpha ||c_s||^2."""
+        if not self.residual:
+            raise ValueError("init_from_codebook needs model option aggregation='residual'")
+        c = torch.as_tensor(centroids, dtype=torch.float32)
+        if c.shape != self.centroids.shape:
+            raise ValueError(
+                f"codebook must have shape {tuple(self.centroids.shape)} (num_slots, input_dim), "
+                f"got {tuple(c.shape)}"
+            )
+        if not alpha > 0:
+            raise ValueError(f"assignment sharpness alpha must be > 0, got {alpha}")
+        self.centroids.copy_(c)
+        self.slot_keys.copy_(2.0 * alpha * c)
+        self.slot_bias.copy_(-alpha * (c * c).sum(-1))
 
     def check_inputs(self, data: dict[str, torch.Tensor]) -> None:
         """Raise ValueError on malformed input (skipped while tracing/exporting)."""
@@ -231,6 +298,8 @@ class SuperGFSparse(SuperGFBase):
             self.check_inputs(data)
         kpts = normalize_keypoints(data["keypoints"], data["image_size"])
         position = torch.cat([kpts, data["scores"].unsqueeze(-1).to(kpts.dtype)], dim=-1)
+        if self.residual:
+            return self._forward_residual(data["descriptors"], position, data.get("mask"))
         x = self.descriptor_proj(data["descriptors"]) + self.keypoint_encoder(position)
         mask = data.get("mask")
         tokens, attention = self.slot_attention(x, None if mask is None else mask.bool())
@@ -240,6 +309,26 @@ class SuperGFSparse(SuperGFBase):
             "global_descriptor": F.normalize(self.pool(tokens), dim=-1),
             "attention": attention,
         }
+
+    def _forward_residual(
+        self, desc: torch.Tensor, position: torch.Tensor, mask: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        logits = desc @ self.slot_keys.t() + self.slot_bias + self.keypoint_encoder(position)
+        attn = torch.softmax(logits, dim=-1).transpose(1, 2)  # (B, S, N): slots compete
+        if mask is not None:
+            attn = attn * mask.unsqueeze(1).to(attn.dtype)
+        # sum_n a_sn (x_n - c_s) = A X - (sum_n a_sn) c_s
+        residuals = attn @ desc - attn.sum(-1, keepdim=True) * self.centroids.unsqueeze(0)
+        p = float(self.conf["residual_power"])
+        if p != 1.0:
+            residuals = torch.sign(residuals) * (residuals.abs() + 1e-6).pow(p)
+        tokens = self.token_proj(F.normalize(residuals, dim=-1))  # intra-normalization
+        for layer in self.layers:
+            tokens = layer(tokens)
+        # + a tiny constant: an empty keypoint set (all residuals zero) still gives a unit vector
+        g = F.normalize(tokens, dim=-1).flatten(1) + 1e-6
+        weights = attn / (attn.sum(dim=-1, keepdim=True) + 1e-8)
+        return {"global_descriptor": F.normalize(g, dim=-1), "attention": weights}
 
     def example_inputs(self, batch: int = 1, num_keypoints: int = 128) -> tuple:
         g = torch.Generator().manual_seed(0)

@@ -51,6 +51,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-layers", type=int)
     p.add_argument("--num-heads", type=int)
     p.add_argument("--num-slots", type=int, help="sparse: number of slots")
+    p.add_argument(
+        "--aggregation",
+        choices=["slots", "residual"],
+        help="sparse: slot attention + GeM (paper), or residual slots started from a k-means "
+        "codebook of the training descriptors (NetVLAD-like)",
+    )
     p.add_argument("--val-every", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--init-weights", type=Path, help="start from this SuperGF checkpoint")
@@ -95,7 +101,7 @@ def _options(args: argparse.Namespace) -> dict:
         if getattr(args, key) is not None:
             conf[key] = getattr(args, key)
     model_conf = dict(conf.get("model_conf", {}))
-    for key in ("latent_dim", "mlp_dim", "num_layers", "num_heads", "num_slots"):
+    for key in ("latent_dim", "mlp_dim", "num_layers", "num_heads", "num_slots", "aggregation"):
         if getattr(args, key) is not None:
             model_conf[key] = getattr(args, key)
     if args.features == "sift":

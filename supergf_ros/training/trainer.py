@@ -63,6 +63,15 @@ default_conf: dict[str, Any] = {
     "similarity_scaling": "auto",
     "decorrelation_weight": 0.1,  # sparse only
     "slot_init_scale": "auto",  # sparse, from scratch: scale the learned slots ("auto": 1/sqrt(dim))
+    # sparse with model_conf aggregation="residual", from scratch: slots start from a k-means
+    # codebook of the training descriptors (as NetVLAD starts from k-means), soft assignment
+    # softmax(-alpha ||x - c||^2); the untrained model is then a soft-assignment VLAD
+    "codebook_alpha": 30.0,
+    "codebook_descriptors": 50_000,  # descriptors sampled for k-means (seeded)
+    "codebook_iterations": 25,
+    # parameter-name prefixes kept fixed (e.g. ["centroids", "slot_keys", "slot_bias"] keeps
+    # a residual model's codebook and assignment; [] trains everything)
+    "frozen_parameters": [],
     "forward_chunk": 64,  # images per forward pass
     "val_every": 100,
     "checkpoint_every": 100,
@@ -370,6 +379,30 @@ def _lr_lambda(conf: dict[str, Any]):
     return f
 
 
+def codebook_from_features(
+    feats: Sequence[LocalFeatures],
+    num_clusters: int,
+    max_descriptors: int = 50_000,
+    iterations: int = 25,
+    seed: int = 0,
+) -> np.ndarray:
+    """(num_clusters, D) k-means centroids of the local descriptors of `feats` (seeded sample)."""
+    from ..models.aggregators import _kmeans
+
+    descs = [f.descriptors for f in feats if len(f)]
+    total = sum(len(d) for d in descs)
+    if total < num_clusters:
+        raise ValueError(
+            f"codebook init needs at least num_slots={num_clusters} training descriptors, "
+            f"got {total}"
+        )
+    rng = np.random.default_rng(seed)
+    x = np.concatenate(descs).astype(np.float32)
+    if len(x) > max_descriptors:
+        x = x[rng.choice(len(x), max_descriptors, replace=False)]
+    return _kmeans(x, num_clusters, iterations, rng)
+
+
 def minmax_scale(sims: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Map each row's valid similarities affinely onto [-1, 1] (order-preserving)."""
     big = torch.finfo(sims.dtype).max
@@ -456,12 +489,34 @@ def train(
             scale = model.dim**-0.5 if scale == "auto" else float(scale)
             with torch.no_grad():
                 model.slot_attention.slots.mul_(scale)
+        if getattr(model, "residual", False):
+            centroids = codebook_from_features(
+                train_feats,
+                int(model.conf["num_slots"]),
+                int(conf["codebook_descriptors"]),
+                int(conf["codebook_iterations"]),
+                int(conf["seed"]),
+            )
+            model.init_from_codebook(torch.from_numpy(centroids), float(conf["codebook_alpha"]))
     model = model.to(device).train()
     if dist.is_initialized():  # same initial weights on every rank
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, 0)
+    frozen = tuple(str(f) for f in conf["frozen_parameters"])
+    names = [n for n, _ in model.named_parameters()]
+    unmatched = [f for f in frozen if not any(n.startswith(f) for n in names)]
+    if unmatched:
+        raise ValueError(
+            f"frozen_parameters {unmatched} match no parameter of {conf['model']}; "
+            f"parameters: {sorted({n.split('.')[0] for n in names})}"
+        )
+    for n, p in model.named_parameters():
+        if frozen and n.startswith(frozen):
+            p.requires_grad_(False)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=float(conf["lr"]), weight_decay=float(conf["weight_decay"])
+        [p for p in model.parameters() if p.requires_grad],
+        lr=float(conf["lr"]),
+        weight_decay=float(conf["weight_decay"]),
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(conf))
     criterion = APLoss(num_bins=int(conf["ap_bins"]), mode=conf["ap_mode"]).to(device)
@@ -562,6 +617,8 @@ def train(
         loss.backward()
         if dist.is_initialized():  # data parallel: average the gradients of all ranks
             for p in model.parameters():
+                if not p.requires_grad:
+                    continue
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad)
