@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..io_utils import atomic_output, file_sha256
 from .supergf import MODELS, SuperGFBase
 
 FORMAT_VERSION = 1
@@ -75,23 +74,9 @@ def save_checkpoint(
         "state_dict": state,
         "extra": _plain(extra or {}),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_checkpoint(
@@ -144,7 +129,7 @@ def load_checkpoint(
         "extra": ckpt.get("extra", {}),
         "format_version": version,
         "path": str(path),
-        "weights_sha256": _sha256(path),
+        "weights_sha256": file_sha256(path),
     }
     return model, info
 

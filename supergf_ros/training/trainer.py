@@ -24,7 +24,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from ..features.base import LocalFeatures
+from ..io_utils import atomic_output, atomic_write_text
 from .data import CandidateSampler, ImageSet
 from .losses import APLoss, decorrelation_loss
 
@@ -281,22 +281,8 @@ def _exact_ap_soft(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 LOG_FIELDS = [
@@ -322,7 +308,7 @@ def write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     writer.writeheader()
     for r in rows:
         writer.writerow({k: r.get(k, "") for k in LOG_FIELDS})
-    _atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def plot_log(path: Path, rows: Sequence[dict[str, Any]], title: str = "") -> None:
@@ -356,11 +342,9 @@ def plot_log(path: Path, rows: Sequence[dict[str, Any]], title: str = "") -> Non
     ax1.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
+    with atomic_output(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- training
