@@ -358,18 +358,9 @@ class SuperPoint(Extractor):
     def __init__(self, **conf: Any) -> None:
         super().__init__(**conf)
         c = self.conf
-        if c["backend"] not in ("auto", "torch", "onnxruntime", "tensorrt"):
-            raise ValueError(
-                "backend must be 'auto', 'torch', 'onnxruntime' or 'tensorrt', "
-                f"got {c['backend']!r}"
-            )
-        backend, device = c["backend"], c["device"]
-        choice = None
-        if backend in ("auto", "tensorrt") or device == "auto":
-            from supergf_ros.inference.backends import select_backend
+        from supergf_ros.inference.backends import resolve_backend
 
-            choice = select_backend(backend, device)  # logs the choice and why
-            backend, device = choice.backend, choice.device
+        backend, device, choice = resolve_backend(c["backend"], c["device"])
         self.backend = backend  # the resolved backend
         if int(c["nms_radius"]) < 0:
             raise ValueError(f"nms_radius must be >= 0, got {c['nms_radius']}")

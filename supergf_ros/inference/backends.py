@@ -217,6 +217,23 @@ def _parse_device(device: str) -> tuple[str, str]:
     raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
+def resolve_backend(backend: str, device: str) -> tuple[str, str, BackendChoice | None]:
+    """Validate a model's `backend`/`device` options and resolve them.
+
+    "auto", "tensorrt" and device "auto" go through `select_backend` (which logs the choice and
+    why); explicit "torch"/"onnxruntime" on an explicit device are taken as given.
+    Returns (backend, device, the BackendChoice or None).
+    """
+    if backend not in ("auto", *BACKENDS):
+        raise ValueError(
+            f"backend must be 'auto', 'torch', 'onnxruntime' or 'tensorrt', got {backend!r}"
+        )
+    if backend in ("auto", "tensorrt") or device == "auto":
+        choice = select_backend(backend, device)
+        return choice.backend, choice.device, choice
+    return backend, device, None
+
+
 def select_backend(
     backend: str = "auto",
     device: str = "auto",

@@ -146,18 +146,9 @@ class SuperGFAggregator(GlobalAggregator):
         from .checkpoint import load_checkpoint, model_key
 
         c = self.conf
-        if c["backend"] not in ("auto", "torch", "onnxruntime", "tensorrt"):
-            raise ValueError(
-                "backend must be 'auto', 'torch', 'onnxruntime' or 'tensorrt', "
-                f"got {c['backend']!r}"
-            )
-        backend, device = c["backend"], c["device"]
-        choice = None
-        if backend in ("auto", "tensorrt") or device == "auto":
-            from ..inference.backends import select_backend
+        from ..inference.backends import resolve_backend
 
-            choice = select_backend(backend, device)  # logs the choice and why
-            backend, device = choice.backend, choice.device
+        backend, device, choice = resolve_backend(c["backend"], c["device"])
         self.backend, self.device = backend, device  # resolved
         if c["model"] is not None:
             self.model = c["model"].eval()
