@@ -20,6 +20,13 @@ def _is_torch(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+def _check_thresholds(ratio_threshold: float | None, distance_threshold: float | None) -> None:
+    if ratio_threshold is not None and not 0.0 < ratio_threshold <= 1.0:
+        raise ValueError(f"ratio_threshold must be in (0, 1] or None, got {ratio_threshold}")
+    if distance_threshold is not None and not distance_threshold >= 0.0:
+        raise ValueError(f"distance_threshold must be >= 0 or None, got {distance_threshold}")
+
+
 def _check(desc: Any, name: str) -> None:
     if desc.ndim != 2:
         raise ValueError(f"{name} must have shape (N, D), got {tuple(desc.shape)}")
@@ -80,10 +87,7 @@ def match_mutual_nn(desc0, desc1, ratio_threshold=None, distance_threshold=None)
             f"descriptor dimensions differ: desc0 is {tuple(desc0.shape)}, desc1 is "
             f"{tuple(desc1.shape)}"
         )
-    if ratio_threshold is not None and not 0.0 < ratio_threshold <= 1.0:
-        raise ValueError(f"ratio_threshold must be in (0, 1] or None, got {ratio_threshold}")
-    if distance_threshold is not None and not distance_threshold >= 0.0:
-        raise ValueError(f"distance_threshold must be >= 0 or None, got {distance_threshold}")
+    _check_thresholds(ratio_threshold, distance_threshold)
     if _is_torch(desc0):  # on an accelerator
         return _match_torch(desc0, desc1, ratio_threshold, distance_threshold)
     matches, sims = _match_numpy(desc0, desc1, ratio_threshold, distance_threshold)
@@ -251,10 +255,7 @@ class DeviceMatcher:
                 f"descriptor dimensions differ: desc0 is {tuple(desc0.shape)}, the bank is "
                 f"(*, {self.dim})"
             )
-        if ratio_threshold is not None and not 0.0 < ratio_threshold <= 1.0:
-            raise ValueError(f"ratio_threshold must be in (0, 1] or None, got {ratio_threshold}")
-        if distance_threshold is not None and not distance_threshold >= 0.0:
-            raise ValueError(f"distance_threshold must be >= 0 or None, got {distance_threshold}")
+        _check_thresholds(ratio_threshold, distance_threshold)
         ids = [int(i) for i in group_ids]
         bad = [i for i in ids if not 0 <= i < self.num_groups]
         if bad:
