@@ -424,25 +424,12 @@ class SuperPoint(Extractor):
         return {"name": self.name, "config": conf, "weights_sha256": self.weights_sha256}
 
     def _build_ort(self):
-        from supergf_ros.inference.onnx import OrtModule, cached_export
+        from supergf_ros.inference.export import superpoint_spec
+        from supergf_ros.inference.onnx import OrtModule
 
-        example = torch.zeros(1, 1, 64, 96)
-        path = cached_export(
-            self.net,
-            "superpoint",
-            f"{self.weights_sha256}-superpointnet-v1",
-            (example,),
-            input_names=["image"],
-            output_names=["scores", "descriptors"],
-            dynamic_axes={
-                "image": {0: "batch", 2: "height", 3: "width"},
-                "scores": {0: "batch", 1: "height", 2: "width"},
-                "descriptors": {0: "batch", 2: "height_8", 3: "width_8"},
-            },
-            cache_dir=None
-            if self.conf["onnx_cache_dir"] is None
-            else Path(self.conf["onnx_cache_dir"]),
-        )
+        cache_dir = self.conf["onnx_cache_dir"]
+        spec = superpoint_spec(self.net, self.weights_sha256)  # the one SuperPoint ONNX layout
+        path = spec.export_onnx(None if cache_dir is None else Path(cache_dir))
         providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda":
             providers = ["CUDAExecutionProvider", *providers]
