@@ -5,11 +5,21 @@ Usage: python scripts/train_eval_retrieval.py [--shared ../shared] [--dense CKPT
 
 Data (never used for training): vpr/corridor (111 queries vs 111 references; ground truth from
 ground_truth_new.npy) and strecha/Herz-Jesus-P25 (odd images as queries, even images as the
-database; positives: overlap >= 0.5 from `load_project_dataset`, a strict variant: the two
-database images with the highest overlap, and a pose-only variant: the two database images with
-the nearest camera centres among those looking the same way, within 45 degrees). Methods over the same SuperPoint features (images
-resized to the training size): SuperGF dense/sparse, training-free GeM and VLAD (codebook fitted
-on the database), and the raw-pixel baseline (32x24 grayscale, cosine).
+database). Positives, five ways:
+- "covis>=0.5": co-visibility overlap >= 0.5 in a map of all 25 images built with the
+  ground-truth poses (`supergf-ros build-map`, 4096 SuperPoint keypoints at 1024 px; shared
+  triangulated points, the label `load_built_map` gives; built once into the cache folder);
+- "top2-covis": the two database images of highest co-visibility;
+- "overlap>=0.5": frustum overlap with an estimated scene depth (`load_project_dataset`; nearly
+  every pair of this facade passes);
+- "top2-overlap": the two database images of highest estimated overlap;
+- "top2-nearest": the two database images with the nearest camera centres among those looking
+  within 45 degrees of the query's direction.
+
+Methods over the same SuperPoint features (images resized to the training size): SuperGF
+dense/sparse, the training-free aggregators GeM (over the dense map), VLAD (keypoint
+descriptors) and dense VLAD (dense-map cells), VLAD codebooks fitted on the database, and the
+raw-pixel baseline (32x24 grayscale, cosine).
 """
 
 from __future__ import annotations
@@ -55,9 +65,31 @@ def nearest_views(root: Path, q_ids, db_ids, max_angle_deg: float = 45.0) -> lis
     return out
 
 
+def covisibility_overlap(root: Path, cache_dir: Path, superpoint_weights: Path) -> np.ndarray:
+    """(N, N) co-visibility overlap of all images of dataset `root` (map built once, cached)."""
+    from supergf_ros.mapping.build_map import build_map
+    from supergf_ros.training.data import load_built_map
+
+    map_path = cache_dir / "gt" / f"{root.name}.h5"
+    if not map_path.is_file():
+        map_path.parent.mkdir(parents=True, exist_ok=True)
+        build_map(
+            root,
+            map_path,
+            extractor_conf={"weights": str(superpoint_weights), "max_keypoints": 4096},
+            global_name="gem",
+            conf={"num_pose_neighbors": 24},
+        )
+    images = load_built_map(map_path, root / "images")
+    order = [images.info["names"].index(p.name) for p in sorted((root / "images").glob("*.jpg"))]
+    return images.overlap[np.ix_(order, order)]
+
+
 def describe(method: str, feats_q, feats_db, weights: dict[str, Path]) -> tuple[np.ndarray, ...]:
     if method.startswith("supergf"):
         agg = create_aggregator(method, weights=str(weights[method]))
+    elif method == "vlad-dense":
+        agg = create_aggregator("vlad", source="dense")
     else:
         agg = create_aggregator(method)
     if agg.needs_fit:
@@ -85,7 +117,7 @@ def main() -> None:
     cache = FeatureCache(args.cache_dir, extractor, tuple(args.image_size))
     weights = {"supergf-dense": args.dense, "supergf-sparse": args.sparse}
     methods = [m for m in ("supergf-dense", "supergf-sparse") if weights[m].is_file()]
-    methods += ["gem", "vlad"]
+    methods += ["gem", "vlad", "vlad-dense"]
 
     benchmarks = {}
     # corridor
@@ -98,6 +130,11 @@ def main() -> None:
     # Herz-Jesus-P25
     s = load_project_dataset(data / "strecha" / "Herz-Jesus-P25")
     q_ids, db_ids = np.arange(1, len(s.paths), 2), np.arange(0, len(s.paths), 2)
+    covis = covisibility_overlap(
+        data / "strecha" / "Herz-Jesus-P25",
+        args.cache_dir,
+        args.shared / "weights" / "superpoint_v1.pth",
+    )[np.ix_(q_ids, db_ids)]
     ov = s.overlap[np.ix_(q_ids, db_ids)]
     pos_05 = [np.flatnonzero(r >= 0.5) for r in ov]
     pos_top2 = [np.argsort(-r)[:2] for r in ov]
@@ -105,6 +142,8 @@ def main() -> None:
         [s.paths[i] for i in q_ids],
         [s.paths[i] for i in db_ids],
         {
+            "covis>=0.5": [np.flatnonzero(r >= 0.5) for r in covis],
+            "top2-covis": [np.argsort(-r, kind="stable")[:2] for r in covis],
             "overlap>=0.5": pos_05,
             "top2-overlap": pos_top2,
             "top2-nearest": nearest_views(data / "strecha" / "Herz-Jesus-P25", q_ids, db_ids),

@@ -12,7 +12,7 @@ Usage: python scripts/train_finetune_map.py WORK_DIR [--weights CKPT] [--model s
    twice (the clean loop + a degraded loop at -40 deg yaw) and keeps the same held-out
    queries; "easy" is the earlier 10 m x 7 m room;
 2. `supergf-ros build-map` on the mapping images (training-free GeM global descriptors);
-3. Recall@1/5/10 of the queries against the map keyframes with CKPT, GeM and VLAD (positives:
+3. Recall@1/5/10 of the queries against the map keyframes with CKPT, GeM, VLAD and dense VLAD (positives:
    exact depth overlap >= 0.5, known only to the renderer, never used for training);
 4. for every (lr, training seed): `supergf-ros train --data MAP.h5 --init-weights CKPT`
    (labels: the map's co-visibility only; no query image is seen by training);
@@ -129,8 +129,8 @@ def make_two_traversal_scene(out_dir: Path, seed: int, textures: Path) -> None:
 def evaluate(method: str, cache: FeatureCache, scene, q_names, m_names) -> dict[str, float]:
     """Recall@1/5/10 of the queries against the mapping images (positives: overlap >= 0.5).
 
-    `method` is a SuperGF checkpoint path or a training-free aggregator name (gem, vlad; VLAD's
-    codebook is fitted on the mapping images, as build-map does).
+    `method` is a SuperGF checkpoint path or a training-free aggregator name (gem, vlad,
+    vlad-dense; VLAD's codebook is fitted on the mapping images, as build-map does).
     """
     idx = {n: i for i, n in enumerate(scene.info["names"])}
     qi, mi = [idx[n] for n in q_names], [idx[n] for n in m_names]
@@ -142,7 +142,8 @@ def evaluate(method: str, cache: FeatureCache, scene, q_names, m_names) -> dict[
         _, info = load_checkpoint(method)
         agg = create_aggregator(info["model"], weights=method)
     else:
-        agg = create_aggregator(method)
+        conf = {"source": "dense"} if method == "vlad-dense" else {}
+        agg = create_aggregator(method.removesuffix("-dense"), **conf)
         agg.fit(list(fm))
     dq, dm = agg.batch(fq), agg.batch(fm)
     positives = [np.flatnonzero(scene.overlap[q, mi] >= 0.5) for q in qi]
@@ -201,7 +202,9 @@ def main() -> None:
     extractor = create_extractor("superpoint", weights=str(sp), max_keypoints=512)
     cache = FeatureCache(args.work_dir / "features", extractor, (320, 240))
     results = {"scene": args.scene, "scene_seed": args.seed, "map": str(map_path), "runs": []}
-    results["before"] = {m: evaluate(m, cache, scene, q_names, m_names) for m in ("gem", "vlad")}
+    results["before"] = {
+        m: evaluate(m, cache, scene, q_names, m_names) for m in ("gem", "vlad", "vlad-dense")
+    }
     results["before"]["supergf"] = evaluate(str(weights), cache, scene, q_names, m_names)
     print(json.dumps(results["before"]))
     for lr in args.lrs:
@@ -232,7 +235,12 @@ def main() -> None:
         f"| model | R@1 | R@5 | R@10 |  ({b['supergf']['queries']} queries)",
         "|---|---|---|---|",
     ]
-    for name, r in [("GeM", b["gem"]), ("VLAD", b["vlad"]), ("SuperGF before", b["supergf"])]:
+    for name, r in [
+        ("GeM", b["gem"]),
+        ("VLAD", b["vlad"]),
+        ("VLAD (dense map)", b["vlad-dense"]),
+        ("SuperGF before", b["supergf"]),
+    ]:
         lines.append(f"| {name} | {r['r@1']:.3f} | {r['r@5']:.3f} | {r['r@10']:.3f} |")
     for run in results["runs"]:
         r = run["after"]

@@ -57,10 +57,17 @@ def _empty(dim: int = 256) -> LocalFeatures:
     )
 
 
-@pytest.mark.parametrize("name", ["vlad", "gem"])
-def test_training_free_retrieve_second_views(features, name):
+@pytest.mark.parametrize(
+    "name, conf",
+    [
+        ("vlad", {"num_clusters": 16}),
+        ("vlad", {"num_clusters": 16, "source": "dense"}),
+        ("gem", {}),
+    ],
+)
+def test_training_free_retrieve_second_views(features, name, conf):
     database, queries = features
-    agg = create_aggregator(name, num_clusters=16) if name == "vlad" else create_aggregator(name)
+    agg = create_aggregator(name, **conf)
     assert agg.needs_fit == (name == "vlad")
     agg.fit(database)
     db = agg.batch(database)
@@ -68,8 +75,18 @@ def test_training_free_retrieve_second_views(features, name):
     assert db.shape == (6, agg.dim) and db.dtype == np.float32
     assert np.allclose(np.linalg.norm(db, axis=1), 1, atol=1e-5)
     assert (np.argmax(q @ db.T, axis=1) == np.arange(6)).all()  # Recall@1 = 1
-    assert np.allclose(np.linalg.norm(agg(_empty())), 1, atol=1e-5)
     assert agg.identity()["name"] == name
+    if conf.get("source") == "dense":  # every cell of the map: a map is required
+        assert agg.state()["vlad_centroids"].shape == (16, 256)
+        sparse = create_aggregator("vlad", num_clusters=16)
+        sparse.fit(database)  # keypoint descriptors: another codebook, another descriptor
+        assert np.abs(sparse(queries[0]) - agg(queries[0])).max() > 1e-3
+        with pytest.raises(ValueError, match=r"needs LocalFeatures\.dense"):
+            agg(_empty())
+        with pytest.raises(ValueError, match="source must be"):
+            create_aggregator("vlad", source="cells")
+    else:
+        assert np.allclose(np.linalg.norm(agg(_empty())), 1, atol=1e-5)
 
 
 def test_vlad_state_roundtrip_and_errors(features):
@@ -164,6 +181,6 @@ def test_supergf_bad_input(features, sparse_ckpt, dense_ckpt, tmp_path, monkeypa
     assert available_global_descriptors("superpoint") == ["vlad", "gem"]
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "supergf_dense_sift.pt").write_bytes(sparse_ckpt.read_bytes())
-    assert available_global_descriptors("sift") == ["vlad", "gem", "supergf-dense"]
+    assert available_global_descriptors("sift") == ["supergf-dense", "vlad", "gem"]
     with pytest.raises(ValueError, match="unknown local features"):
         available_global_descriptors("orb")

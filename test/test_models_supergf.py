@@ -330,3 +330,60 @@ def test_residual_slots_onnx_and_checkpoint(tmp_path):
             loaded(dict(zip(model.input_names, inputs)))["global_descriptor"],
             expected["global_descriptor"],
         )
+
+
+# ----------------------------------------------------------------------- dense residual slots
+
+
+def _dense_inputs(h: int, w: int, seed: int = 0, dim: int = 32, batch: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, dim, h, w, generator=g) * 3.0  # not unit: the model normalizes
+
+
+@torch.no_grad()
+def test_dense_residual_starts_as_soft_dense_vlad():
+    """aggregation="residual" for the dense model: every map cell is an L2-normalized local
+    descriptor; from a codebook the untrained model is a soft-assignment VLAD of the cells."""
+    torch.manual_seed(0)
+    model = build_model("dense", RESIDUAL).eval()
+    assert model.dim == 6 * 32 and model.residual
+    g = torch.Generator().manual_seed(4)
+    centroids = torch.nn.functional.normalize(torch.randn(6, 32, generator=g), dim=-1)
+    model.init_from_codebook(centroids, alpha=5.0)
+    dense = _dense_inputs(7, 9, seed=3)
+    out = model({"dense": dense})
+    cells = dense[0].reshape(32, -1).T.numpy()
+    cells /= np.linalg.norm(cells, axis=1, keepdims=True)
+    expected = _soft_vlad(cells, centroids.numpy(), 5.0)
+    np.testing.assert_allclose(out["global_descriptor"][0].numpy(), expected, atol=1e-5)
+    assert out["attention"].shape == (1, 6, 63)
+    # the position term is live: a trained position MLP changes the descriptor, and a map of
+    # another size (other cell positions) still gives a unit descriptor
+    with torch.no_grad():
+        model.keypoint_encoder[-1].weight.normal_(0, 1.0)
+    moved = model({"dense": dense})["global_descriptor"][0]
+    assert float((moved - out["global_descriptor"][0]).abs().max()) > 1e-3
+    other = model({"dense": _dense_inputs(11, 5, seed=1)})["global_descriptor"]
+    assert other.shape == (1, 192) and abs(float(other.norm()) - 1) < 1e-5
+
+
+def test_dense_residual_onnx_parity_and_options(tmp_path):
+    from supergf_ros.inference.onnx import OrtModule
+    from supergf_ros.models import export_model_onnx
+
+    torch.manual_seed(0)
+    model = build_model("dense", RESIDUAL).eval()
+    model.init_from_codebook(torch.randn(6, 32), alpha=3.0)
+    with torch.no_grad():  # a non-trivial encoder and position term
+        for p in [*model.layers.parameters(), *model.keypoint_encoder.parameters()]:
+            p.add_(0.05 * torch.randn_like(p))
+    ort = OrtModule(export_model_onnx(model, tmp_path / "dense_residual.onnx"))
+    for h, w in ((6, 8), (9, 13)):  # dynamic map size: positions follow the grid
+        dense = _dense_inputs(h, w, seed=h, batch=2)
+        with torch.no_grad():
+            expected = model({"dense": dense})["global_descriptor"].numpy()
+        (got,) = ort(dense.numpy())
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="aggregation"):
+        build_model("dense", {**RESIDUAL, "aggregation": "slots"})
+    assert build_model("dense", {**SMALL}).conf["aggregation"] == "tokens"  # the paper's default

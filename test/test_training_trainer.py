@@ -220,6 +220,25 @@ def test_residual_slots_start_from_training_codebook(tiny_scene, feature_cache, 
         codebook_from_features(feature_cache.load(sampler.paths[:1]), 1000)
 
 
+def test_dense_residual_starts_from_dense_cell_codebook(tiny_scene, feature_cache, tmp_path):
+    """The dense residual model's codebook is k-means of the dense-map cells it aggregates."""
+    from supergf_ros.models import load_checkpoint
+    from supergf_ros.training.trainer import codebook_from_features
+
+    model_conf = {**TINY, "num_slots": 8, "aggregation": "residual"}
+    conf = _conf(model="supergf-dense", steps=2, lr=1e-7, lr_min=1e-7, model_conf=model_conf)
+    summary = train([tiny_scene], [], feature_cache, conf, tmp_path / "run", progress=False)
+    assert np.isfinite(summary["final_loss"])
+    model, _ = load_checkpoint(tmp_path / "run" / "model_last.pt")
+    feats = feature_cache.load(CandidateSampler([tiny_scene], 1, 2, 6, 0.5).paths)
+    dense = codebook_from_features(feats, 8, seed=0, source="dense")
+    sparse = codebook_from_features(feats, 8, seed=0)
+    np.testing.assert_allclose(model.centroids.detach().numpy(), dense, atol=1e-5)
+    assert np.abs(dense - sparse).max() > 1e-2  # not the keypoint codebook
+    with pytest.raises(ValueError, match="codebook source"):
+        codebook_from_features(feats, 8, source="grid")
+
+
 def test_frozen_parameters_stay_fixed(tiny_scene, feature_cache, tmp_path):
     from supergf_ros.models import load_checkpoint
     from supergf_ros.training.trainer import codebook_from_features

@@ -5,6 +5,7 @@ L2-normalized global descriptor: a few pre-norm ViT encoder layers, GeM pooling,
 
 - `SuperGFDense`: {"dense": (B, D, h, w)} -> tokenizer conv (stride 2) -> learned 2-D position
   embedding resized to the token grid -> encoder -> GeM -> L2 -> {"global_descriptor": (B, E)}.
+  With ``aggregation="residual"`` the map's cells are aggregated by residual slots as below.
 - `SuperGFSparse`: keypoints, descriptors, scores (+ padding mask) -> positional encoding of
   descriptor + normalized keypoint position + score -> slot attention to S tokens -> encoder ->
   GeM -> L2 -> {"global_descriptor": (B, E), "attention": (B, S, N)}.
@@ -92,20 +93,118 @@ class SuperGFBase(nn.Module):
         return tuple(out[k] for k in self.output_names)
 
 
-class SuperGFDense(SuperGFBase):
+class ResidualSlotsBase(SuperGFBase):
+    """NetVLAD-like residual slots shared by both variants (``aggregation="residual"``).
+
+    Each local descriptor x_n is softly assigned to S slots with logits
+    ``x_n @ keys^T + bias + pos_mlp(p_n)`` (p_n: normalized position, plus the detection score for
+    keypoints); slot s gets ``sum_n a_sn (x_n - c_s)``, intra-normalized, projected to latent_dim
+    (identity at init when input_dim == latent_dim), passed through the pre-norm encoder (residual
+    branches zero at init: the identity) and intra-normalized again; the tokens are concatenated and
+    L2-normalized (dim S * latent_dim). `init_from_codebook` makes the untrained model a
+    soft-assignment VLAD over a k-means codebook.
+    """
+
+    @property
+    def residual(self) -> bool:
+        return self.conf.get("aggregation") == "residual"
+
+    @property
+    def dim(self) -> int:
+        """Size of the global descriptor (num_slots * latent_dim in residual mode)."""
+        c = self.conf
+        return int(c["num_slots"]) * int(c["latent_dim"]) if self.residual else int(c["latent_dim"])
+
+    def _init_residual(self, position_dim: int) -> None:
+        c = self.conf
+        if int(c["num_slots"]) < 1:
+            raise ValueError(f"num_slots must be >= 1, got {c['num_slots']}")
+        s, d, e = int(c["num_slots"]), int(c["input_dim"]), int(c["latent_dim"])
+        centroids = F.normalize(torch.randn(s, d), dim=-1)
+        self.centroids = nn.Parameter(centroids.clone())  # slot centres (descriptor space)
+        self.slot_keys = nn.Parameter(centroids.clone())  # assignment logits: x @ keys.T + bias
+        self.slot_bias = nn.Parameter(torch.zeros(s))
+        # position (+ score) -> per-slot logit offsets; zero at init (pure descriptor assignment)
+        self.keypoint_encoder = mlp([position_dim, *c["keypoint_encoder"], s])
+        nn.init.zeros_(self.keypoint_encoder[-1].weight)
+        nn.init.zeros_(self.keypoint_encoder[-1].bias)
+        self.token_proj = nn.Linear(d, e)
+        if d == e:  # identity: tokens are the VLAD residuals
+            with torch.no_grad():
+                self.token_proj.weight.copy_(torch.eye(d))
+                self.token_proj.bias.zero_()
+        self.layers = self._encoder()
+        for layer in self.layers:  # residual branches start at zero: the encoder is the identity
+            for lin in (layer.attn.proj, layer.mlp[-1]):
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
+
+    @torch.no_grad()
+    def init_from_codebook(self, centroids: torch.Tensor, alpha: float) -> None:
+        """Residual mode: slots from a k-means codebook (S, D); soft assignment
+        softmax_s(-alpha * ||x - c_s||^2), i.e. keys 2 alpha c_s and bias -alpha ||c_s||^2."""
+        if not self.residual:
+            raise ValueError("init_from_codebook needs model option aggregation='residual'")
+        c = torch.as_tensor(centroids, dtype=torch.float32)
+        if c.shape != self.centroids.shape:
+            raise ValueError(
+                f"codebook must have shape {tuple(self.centroids.shape)} (num_slots, input_dim), "
+                f"got {tuple(c.shape)}"
+            )
+        if not alpha > 0:
+            raise ValueError(f"assignment sharpness alpha must be > 0, got {alpha}")
+        self.centroids.copy_(c)
+        self.slot_keys.copy_(2.0 * alpha * c)
+        self.slot_bias.copy_(-alpha * (c * c).sum(-1))
+
+    def _forward_residual(
+        self, desc: torch.Tensor, position: torch.Tensor, mask: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """desc (B, N, D), position (B, N, P), mask (B, N) or None -> descriptor + attention."""
+        logits = desc @ self.slot_keys.t() + self.slot_bias + self.keypoint_encoder(position)
+        attn = torch.softmax(logits, dim=-1).transpose(1, 2)  # (B, S, N): slots compete
+        if mask is not None:
+            attn = attn * mask.unsqueeze(1).to(attn.dtype)
+        # sum_n a_sn (x_n - c_s) = A X - (sum_n a_sn) c_s
+        residuals = attn @ desc - attn.sum(-1, keepdim=True) * self.centroids.unsqueeze(0)
+        p = float(self.conf["residual_power"])
+        if p != 1.0:
+            residuals = torch.sign(residuals) * (residuals.abs() + 1e-6).pow(p)
+        tokens = self.token_proj(F.normalize(residuals, dim=-1))  # intra-normalization
+        for layer in self.layers:
+            tokens = layer(tokens)
+        # + a tiny constant: an empty keypoint set (all residuals zero) still gives a unit vector
+        g = F.normalize(tokens, dim=-1).flatten(1) + 1e-6
+        weights = attn / (attn.sum(dim=-1, keepdim=True) + 1e-8)
+        return {"global_descriptor": F.normalize(g, dim=-1), "attention": weights}
+
+
+class SuperGFDense(ResidualSlotsBase):
     """Dense SuperGF.
 
     Input: {"dense": (B, D, h, w) float32 dense local descriptor map (h = H/8 for SuperPoint)}.
-    Output: {"global_descriptor": (B, latent_dim) unit L2 norm}. Tokens are ceil(h/2) x ceil(w/2).
+    Output: {"global_descriptor": (B, dim) unit L2 norm}; with ``aggregation="residual"`` also
+    "attention" (B, num_slots, h * w).
+
+    - ``aggregation="tokens"`` (the paper): tokenizer conv (tokens ceil(h/2) x ceil(w/2)) ->
+      position embedding -> encoder -> GeM; dim = latent_dim.
+    - ``aggregation="residual"``: every cell of the map is a local descriptor (L2-normalized) at
+      its normalized grid position, aggregated by residual slots (`ResidualSlotsBase`);
+      dim = num_slots * latent_dim.
     """
 
     name = "supergf-dense"
     default_conf = {
         **BASE_CONF,
+        "aggregation": "tokens",  # "tokens" (the paper) | "residual" (NetVLAD-like slots)
         "tokenizer_kernel": 3,
         "tokenizer_stride": 2,
         "pos_grid": [30, 40],  # native position grid (640x480 SuperPoint input), resized as needed
         "pos_mode": "bicubic",
+        # residual aggregation only: slots, position MLP hidden sizes, residual power
+        "num_slots": 64,
+        "keypoint_encoder": [32, 64, 128, 256],
+        "residual_power": 1.0,
     }
     input_names = ["dense"]
     output_names = ["global_descriptor"]
@@ -117,6 +216,13 @@ class SuperGFDense(SuperGFBase):
     def __init__(self, conf: dict[str, Any] | None = None) -> None:
         super().__init__(conf)
         c = self.conf
+        if c["aggregation"] not in ("tokens", "residual"):
+            raise ValueError(
+                f"aggregation must be 'tokens' or 'residual', got {c['aggregation']!r}"
+            )
+        if c["aggregation"] == "residual":
+            self._init_residual(position_dim=2)  # (x, y) of the cell
+            return
         k, s = int(c["tokenizer_kernel"]), int(c["tokenizer_stride"])
         self.tokenizer = nn.Conv2d(c["input_dim"], c["latent_dim"], k, stride=s, padding=k // 2)
         self.pos_embedding = PositionEmbedding2D(
@@ -144,11 +250,24 @@ class SuperGFDense(SuperGFBase):
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not _is_exporting():
             self.check_inputs(data)
+        if self.residual:
+            return self._forward_dense_residual(data["dense"])
         x = self.tokenizer(data["dense"])  # (B, E, h', w')
         tokens = x.flatten(2).transpose(1, 2) + self.pos_embedding(x)
         for layer in self.layers:
             tokens = layer(tokens)
         return {"global_descriptor": F.normalize(self.pool(tokens), dim=-1)}
+
+    def _forward_dense_residual(self, dense: torch.Tensor) -> dict[str, torch.Tensor]:
+        b, _, h, w = dense.shape
+        desc = F.normalize(dense.flatten(2).transpose(1, 2), dim=-1)  # (B, h*w, D)
+        # cell centres normalized as keypoints are: relative to the centre, half the long side
+        ys = torch.arange(h, dtype=dense.dtype, device=dense.device) + 0.5
+        xs = torch.arange(w, dtype=dense.dtype, device=dense.device) + 0.5
+        size = torch.stack([xs[-1] + 0.5, ys[-1] + 0.5])  # (w, h) as tensors (dynamic in ONNX)
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)
+        position = (grid - size / 2) / (size.max() / 2)
+        return self._forward_residual(desc, position.unsqueeze(0).expand(b, -1, -1), None)
 
     def example_inputs(self, batch: int = 1, height: int = 60, width: int = 80) -> tuple:
         return (torch.rand(batch, self.conf["input_dim"], height, width),)
@@ -162,7 +281,7 @@ def normalize_keypoints(keypoints: torch.Tensor, image_size: torch.Tensor) -> to
     return (keypoints - shift[:, None]) / scale[:, None, None]
 
 
-class SuperGFSparse(SuperGFBase):
+class SuperGFSparse(ResidualSlotsBase):
     """Sparse SuperGF over a variable-size keypoint set; invariant to keypoint order.
 
     Input: {"keypoints": (B, N, 2) pixels (x, y), "descriptors": (B, N, D), "scores": (B, N),
@@ -203,7 +322,7 @@ class SuperGFSparse(SuperGFBase):
         if int(c["num_slots"]) < 1:
             raise ValueError(f"num_slots must be >= 1, got {c['num_slots']}")
         if c["aggregation"] == "residual":
-            self._init_residual()
+            self._init_residual(position_dim=3)  # (x, y, score)
             return
         self.descriptor_proj = nn.Linear(c["input_dim"], c["latent_dim"])
         self.keypoint_encoder = mlp([3, *c["keypoint_encoder"], c["latent_dim"]])
@@ -211,56 +330,6 @@ class SuperGFSparse(SuperGFBase):
         self.slot_attention = SlotAttention(c["latent_dim"], c["num_slots"], c["slot_iterations"])
         self.layers = self._encoder()
         self.pool = GeM(c["gem_p"], learn_p=c["learn_gem_p"])
-
-    @property
-    def residual(self) -> bool:
-        return self.conf["aggregation"] == "residual"
-
-    @property
-    def dim(self) -> int:
-        """Size of the global descriptor (num_slots * latent_dim in residual mode)."""
-        c = self.conf
-        return int(c["num_slots"]) * int(c["latent_dim"]) if self.residual else int(c["latent_dim"])
-
-    def _init_residual(self) -> None:
-        c = self.conf
-        s, d, e = int(c["num_slots"]), int(c["input_dim"]), int(c["latent_dim"])
-        centroids = F.normalize(torch.randn(s, d), dim=-1)
-        self.centroids = nn.Parameter(centroids.clone())  # slot centres (descriptor space)
-        self.slot_keys = nn.Parameter(centroids.clone())  # assignment logits: x @ keys.T + bias
-        self.slot_bias = nn.Parameter(torch.zeros(s))
-        # position + score -> per-slot logit offsets; zero at init (pure descriptor assignment)
-        self.keypoint_encoder = mlp([3, *c["keypoint_encoder"], s])
-        nn.init.zeros_(self.keypoint_encoder[-1].weight)
-        nn.init.zeros_(self.keypoint_encoder[-1].bias)
-        self.token_proj = nn.Linear(d, e)
-        if d == e:  # identity: tokens are the VLAD residuals
-            with torch.no_grad():
-                self.token_proj.weight.copy_(torch.eye(d))
-                self.token_proj.bias.zero_()
-        self.layers = self._encoder()
-        for layer in self.layers:  # residual branches start at zero: the encoder is the identity
-            for lin in (layer.attn.proj, layer.mlp[-1]):
-                nn.init.zeros_(lin.weight)
-                nn.init.zeros_(lin.bias)
-
-    @torch.no_grad()
-    def init_from_codebook(self, centroids: torch.Tensor, alpha: float) -> None:
-        """Residual mode: slots from a k-means codebook (S, D); soft assignment
-        softmax_s(-alpha * ||x - c_s||^2), i.e. keys 2 alpha c_s and bias -alpha ||c_s||^2."""
-        if not self.residual:
-            raise ValueError("init_from_codebook needs model option aggregation='residual'")
-        c = torch.as_tensor(centroids, dtype=torch.float32)
-        if c.shape != self.centroids.shape:
-            raise ValueError(
-                f"codebook must have shape {tuple(self.centroids.shape)} (num_slots, input_dim), "
-                f"got {tuple(c.shape)}"
-            )
-        if not alpha > 0:
-            raise ValueError(f"assignment sharpness alpha must be > 0, got {alpha}")
-        self.centroids.copy_(c)
-        self.slot_keys.copy_(2.0 * alpha * c)
-        self.slot_bias.copy_(-alpha * (c * c).sum(-1))
 
     def check_inputs(self, data: dict[str, torch.Tensor]) -> None:
         """Raise ValueError on malformed input (skipped while tracing/exporting)."""
@@ -309,26 +378,6 @@ class SuperGFSparse(SuperGFBase):
             "global_descriptor": F.normalize(self.pool(tokens), dim=-1),
             "attention": attention,
         }
-
-    def _forward_residual(
-        self, desc: torch.Tensor, position: torch.Tensor, mask: torch.Tensor | None
-    ) -> dict[str, torch.Tensor]:
-        logits = desc @ self.slot_keys.t() + self.slot_bias + self.keypoint_encoder(position)
-        attn = torch.softmax(logits, dim=-1).transpose(1, 2)  # (B, S, N): slots compete
-        if mask is not None:
-            attn = attn * mask.unsqueeze(1).to(attn.dtype)
-        # sum_n a_sn (x_n - c_s) = A X - (sum_n a_sn) c_s
-        residuals = attn @ desc - attn.sum(-1, keepdim=True) * self.centroids.unsqueeze(0)
-        p = float(self.conf["residual_power"])
-        if p != 1.0:
-            residuals = torch.sign(residuals) * (residuals.abs() + 1e-6).pow(p)
-        tokens = self.token_proj(F.normalize(residuals, dim=-1))  # intra-normalization
-        for layer in self.layers:
-            tokens = layer(tokens)
-        # + a tiny constant: an empty keypoint set (all residuals zero) still gives a unit vector
-        g = F.normalize(tokens, dim=-1).flatten(1) + 1e-6
-        weights = attn / (attn.sum(dim=-1, keepdim=True) + 1e-8)
-        return {"global_descriptor": F.normalize(g, dim=-1), "attention": weights}
 
     def example_inputs(self, batch: int = 1, num_keypoints: int = 128) -> tuple:
         g = torch.Generator().manual_seed(0)

@@ -50,12 +50,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--mlp-dim", type=int)
     p.add_argument("--num-layers", type=int)
     p.add_argument("--num-heads", type=int)
-    p.add_argument("--num-slots", type=int, help="sparse: number of slots")
+    p.add_argument("--num-slots", type=int, help="sparse, or dense residual: number of slots")
     p.add_argument(
         "--aggregation",
-        choices=["slots", "residual"],
-        help="sparse: slot attention + GeM (paper), or residual slots started from a k-means "
-        "codebook of the training descriptors (NetVLAD-like)",
+        choices=["slots", "tokens", "residual"],
+        help="sparse: 'slots' (slot attention + GeM, the paper); dense: 'tokens' (tokenizer + "
+        "GeM, the paper); both: 'residual' (NetVLAD-like residual slots started from a k-means "
+        "codebook of the training descriptors)",
     )
     p.add_argument("--val-every", type=int)
     p.add_argument("--seed", type=int)

@@ -59,7 +59,8 @@ default_conf: dict[str, Any] = {
     "ap_mode": "tie_aware",  # "tie_aware" | "quantized"
     # "minmax": rescale each query's similarities to [-1, 1] before binning (ranking, hence the
     # exact AP, is unchanged; the histogram then resolves descriptors that start out nearly
-    # identical, as sparse SuperGF's do); "none": raw cosine; "auto": minmax for sparse only
+    # identical, as sparse SuperGF's do); "none": raw cosine; "auto": minmax for sparse and
+    # residual-slot models, none for the paper's dense model
     "similarity_scaling": "auto",
     "decorrelation_weight": 0.1,  # sparse only
     "slot_init_scale": "auto",  # sparse, from scratch: scale the learned slots ("auto": 1/sqrt(dim))
@@ -369,11 +370,32 @@ def codebook_from_features(
     max_descriptors: int = 50_000,
     iterations: int = 25,
     seed: int = 0,
+    source: str = "sparse",
 ) -> np.ndarray:
-    """(num_clusters, D) k-means centroids of the local descriptors of `feats` (seeded sample)."""
+    """(num_clusters, D) k-means centroids of the local descriptors of `feats` (seeded sample).
+
+    `source` "sparse" clusters the keypoint descriptors, "dense" the (L2-normalized) cells of the
+    dense descriptor maps, as the dense residual model sees them.
+    """
     from ..models.aggregators import _kmeans
 
-    descs = [f.descriptors for f in feats if len(f)]
+    if source == "dense":
+        if any(f.dense is None for f in feats):
+            raise ValueError("a dense codebook needs dense descriptor maps from the extractor")
+        # a seeded sample of cells per image first: all cells of a training set do not fit in RAM
+        rng = np.random.default_rng([seed, 1])
+        per_image = max(1, -(-2 * max_descriptors // max(1, len(feats))))
+        descs = []
+        for f in feats:
+            cells = f.dense.reshape(f.dense.shape[0], -1).T
+            if len(cells) > per_image:
+                cells = cells[rng.choice(len(cells), per_image, replace=False)]
+            cells = cells.astype(np.float32)
+            descs.append(cells / np.maximum(np.linalg.norm(cells, axis=1, keepdims=True), 1e-12))
+    elif source == "sparse":
+        descs = [f.descriptors for f in feats if len(f)]
+    else:
+        raise ValueError(f"codebook source must be 'sparse' or 'dense', got {source!r}")
     total = sum(len(d) for d in descs)
     if total < num_clusters:
         raise ValueError(
@@ -480,6 +502,7 @@ def train(
                 int(conf["codebook_descriptors"]),
                 int(conf["codebook_iterations"]),
                 int(conf["seed"]),
+                source="dense" if conf["model"] == "supergf-dense" else "sparse",
             )
             model.init_from_codebook(torch.from_numpy(centroids), float(conf["codebook_alpha"]))
     model = model.to(device).train()
@@ -505,6 +528,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(conf))
     criterion = APLoss(num_bins=int(conf["ap_bins"]), mode=conf["ap_mode"]).to(device)
     is_sparse = conf["model"] == "supergf-sparse"
+    is_residual = bool(getattr(model, "residual", False))
 
     start_step, rows, best = 0, [], {"r@1": -1.0}
     if resume:
@@ -591,7 +615,7 @@ def train(
             )
             mask[r, : len(cands)] = True
         scaling = conf["similarity_scaling"]
-        if scaling == "minmax" or (scaling == "auto" and is_sparse):
+        if scaling == "minmax" or (scaling == "auto" and (is_sparse or is_residual)):
             sims = minmax_scale(sims, mask)
         out = criterion(sims, labels, mask)
         loss = out["loss"]
