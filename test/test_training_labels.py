@@ -139,3 +139,36 @@ def test_built_map_covisibility_labels(tmp_path, data_dir):
         load_built_map(map_path, tmp_path)
     with pytest.raises(ValueError, match="--map-images"):
         load_source(map_path)
+
+
+def test_sequence_labels_from_frame_distance(tmp_path, data_dir):
+    """A recording without poses (the corridor's reference run, frames in time order): labels
+    from frame distance, positives within half the window."""
+    from supergf_ros.training.data import CandidateSampler, load_source
+    from supergf_ros.training.labels import overlap_from_sequence
+
+    ov = overlap_from_sequence(6, 4)
+    np.testing.assert_allclose(ov[0], [1, 0.75, 0.5, 0.25, 0, 0])
+    np.testing.assert_array_equal(ov, ov.T)
+    with pytest.raises(ValueError, match="window"):
+        overlap_from_sequence(6, 0)
+
+    ref = data_dir / "vpr" / "corridor" / "ref"
+    (s,) = load_source(ref, sequence_window=4)
+    assert s.info["labels"] == "sequence" and len(s.paths) == 111
+    assert [p.name for p in s.paths] == sorted(p.name for p in ref.glob("*.jpg"))
+    assert s.overlap[10, 12] == pytest.approx(0.5) and s.overlap[10, 14] == 0
+    sampler = CandidateSampler([s], 1, 2, 6, 0.5)
+    sample = sampler.sample(50, np.random.default_rng(0))
+    frame = {c: abs(int(c) - 50) for c in sample.candidates}
+    pos = [c for c, label in zip(sample.candidates, sample.labels) if label >= 0.5]
+    assert pos and all(frame[c] <= 2 for c in pos)
+    assert sum(label == 0 for label in sample.labels) == 6
+    # a folder of images without a model and without a window: no labels, a clear error
+    with pytest.raises(ValueError, match="--sequence-window"):
+        load_source(ref)
+    (tmp_path / "two").mkdir()
+    for p in sorted(ref.glob("*.jpg"))[:2]:
+        (tmp_path / "two" / p.name).write_bytes(p.read_bytes())
+    with pytest.raises(ValueError, match="at least 3 frames"):
+        load_source(tmp_path / "two", sequence_window=4)

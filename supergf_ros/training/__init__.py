@@ -1,7 +1,7 @@
 """The offline SuperGF trainer: soft-label AP loss, overlap labels, data sources, training loop.
 
 Entry points: `train` (the loop), `load_source` / `load_project_dataset` / `load_built_map` /
-`load_msls` (data), `FeatureCache` (frozen local features on disk), `APLoss`,
+`load_msls` / `load_image_sequence` (data), `FeatureCache` (frozen local features on disk), `APLoss`,
 `decorrelation_loss`, the overlap functions in `labels`, and the `supergf-ros train` command.
 Heavy dependencies (torch) load on first use of the loop or the loss.
 """
@@ -18,12 +18,14 @@ __all__ = [
     "estimate_scene_depths",
     "exact_average_precision",
     "load_built_map",
+    "load_image_sequence",
     "load_msls",
     "load_project_dataset",
     "load_source",
     "msls_overlap",
     "overlap_from_depth",
     "overlap_from_points",
+    "overlap_from_sequence",
     "recall_at_n",
     "train",
 ]
@@ -35,6 +37,7 @@ _WHERE = {
     "CandidateSampler": "data",
     "ImageSet": "data",
     "load_built_map": "data",
+    "load_image_sequence": "data",
     "load_msls": "data",
     "load_project_dataset": "data",
     "load_source": "data",
@@ -43,6 +46,7 @@ _WHERE = {
     "msls_overlap": "labels",
     "overlap_from_depth": "labels",
     "overlap_from_points": "labels",
+    "overlap_from_sequence": "labels",
     "default_conf": "trainer",
     "recall_at_n": "trainer",
     "train": "trainer",

@@ -11,7 +11,9 @@ provide easy negatives. Sources:
 - `load_built_map(map_path, images_dir)`: a map from ``supergf-ros build-map``; overlap from the
   co-visibility of its triangulated points (self-supervised fine-tuning on the robot's own map).
 - `load_msls(root, cities)`: the Mapillary SLS layout, overlap from UTM + compass heading.
-- `load_source(spec)`: dispatch on a path (map file, MSLS root, dataset folder).
+- `load_image_sequence(folder, window)`: a folder of time-ordered frames without poses (a mapping
+  run exported from a rosbag); overlap from frame distance (`labels.overlap_from_sequence`).
+- `load_source(spec)`: dispatch on a path (map file, MSLS root, dataset folder, image sequence).
 
 `sample_candidates` draws the per-query candidate lists (positives, soft negatives, negatives).
 """
@@ -244,8 +246,48 @@ def load_msls(
     return sets
 
 
-def load_source(spec: str | Path, images_dir: str | Path | None = None) -> list[ImageSet]:
-    """ImageSets from a path: a map file (.h5, needs `images_dir`), an MSLS root, or a dataset."""
+def load_image_sequence(folder: str | Path, window: float) -> ImageSet:
+    """A time-ordered image sequence (frames sorted by file name) as an ImageSet.
+
+    Args:
+        folder: the frames, in ``folder/images/`` or directly in ``folder``; names must sort in
+            time order (e.g. zero-padded frame numbers or timestamps).
+        window: frame distance at which the overlap label reaches 0 (see
+            `labels.overlap_from_sequence`); choose it from the frame rate and speed, e.g. the
+            number of frames over which the view changes completely.
+    """
+    from ..datasets.colmap_dataset import IMAGE_EXTENSIONS
+
+    folder = Path(folder)
+    image_dir = folder / "images" if (folder / "images").is_dir() else folder
+    paths = sorted(
+        p for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if len(paths) < 3:
+        raise ValueError(
+            f"image sequence {image_dir} needs at least 3 frames ({', '.join(IMAGE_EXTENSIONS)}), "
+            f"found {len(paths)}"
+        )
+    ids = np.arange(len(paths))
+    return ImageSet(
+        name=folder.name,
+        paths=paths,
+        overlap=_labels.overlap_from_sequence(len(paths), window),
+        query_ids=ids,
+        db_ids=ids,
+        info={"labels": "sequence", "window": float(window), "names": [p.name for p in paths]},
+    )
+
+
+def load_source(
+    spec: str | Path,
+    images_dir: str | Path | None = None,
+    sequence_window: float | None = None,
+) -> list[ImageSet]:
+    """ImageSets from a path: a map file (.h5, needs `images_dir`), an MSLS root, a dataset with a
+    COLMAP model, or (with `sequence_window`) a folder of time-ordered frames without a model."""
+    from ..datasets import Dataset
+
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"training data not found: {path}")
@@ -257,6 +299,14 @@ def load_source(spec: str | Path, images_dir: str | Path | None = None) -> list[
         (d / "query").is_dir() and (d / "database").is_dir() for d in path.iterdir() if d.is_dir()
     ):
         return load_msls(path)
+    if not ((path / "images").is_dir() and Dataset(path).has_model):
+        if sequence_window is None:
+            raise ValueError(
+                f"{path} has no COLMAP model (sparse_gt/ or sparse/), so no overlap labels: give "
+                "a dataset with poses, a built map (.h5 with --map-images), or, for frames of "
+                "one recording in time order, a sequence window (--sequence-window FRAMES)"
+            )
+        return [load_image_sequence(path, sequence_window)]
     return [load_project_dataset(path)]
 
 

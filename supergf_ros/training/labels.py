@@ -13,6 +13,8 @@ diagonal of square matrices. Overlap of images i and j is the mean of the two di
   per image from `estimate_scene_depths` (datasets with poses only, e.g. Strecha).
 - `msls_overlap`: 2-D positions (UTM) and compass headings, as in the graded similarity of
   Leyva-Vallina et al. (each view is a circular sector: radius `radius_m`, opening `fov_deg`).
+- `overlap_from_sequence`: frame distance in a time-ordered recording (no poses at all), a proxy
+  that holds while the camera moves steadily forward: 1 - |i - j| / window, 0 beyond.
 """
 
 from __future__ import annotations
@@ -261,3 +263,23 @@ def msls_overlap(
         )
         overlap[i, near] = 0.5 * (fwd + bwd)
     return overlap.astype(np.float32)
+
+
+def overlap_from_sequence(num_frames: int, window: float) -> np.ndarray:
+    """Overlap of the frames of one time-ordered sequence from their distance in frames.
+
+    Args:
+        num_frames: frames in the sequence.
+        window: frame distance at which the overlap reaches 0; frames within window / 2 of each
+            other get S >= 0.5 (positives), the next ones up to the window soft negatives.
+    Returns:
+        (N, N) float32: max(0, 1 - |i - j| / window).
+    """
+    if num_frames < 0:
+        raise ValueError(f"num_frames must be >= 0, got {num_frames}")
+    if not window > 0:
+        raise ValueError(f"sequence window must be > 0 frames, got {window}")
+    idx = np.arange(num_frames, dtype=np.float64)
+    return np.clip(1.0 - np.abs(idx[:, None] - idx[None]) / float(window), 0.0, 1.0).astype(
+        np.float32
+    )

@@ -24,13 +24,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=(
             "Train SuperGF over frozen, cached local features. Data: datasets in the project "
             "layout (images/ + COLMAP model; labels from 3D points, depth/ maps or estimated "
-            "depth), maps from build-map (.h5, with --map-images), or an MSLS folder."
+            "depth), maps from build-map (.h5, with --map-images), an MSLS folder, or folders "
+            "of time-ordered frames without poses (with --sequence-window)."
         ),
     )
     p.add_argument("output_dir", type=Path, help="folder for checkpoints, log.csv, training.png")
     p.add_argument("--data", nargs="+", required=True, type=Path, help="training data paths")
     p.add_argument("--val", nargs="*", default=[], type=Path, help="validation data paths")
     p.add_argument("--map-images", type=Path, help="image folder of the map(s) given in --data")
+    p.add_argument(
+        "--sequence-window",
+        type=float,
+        metavar="FRAMES",
+        help="treat --data/--val folders of images without a COLMAP model as one time-ordered "
+        "recording (frames sorted by name, e.g. exported from a mapping rosbag): overlap "
+        "1 - |i - j| / FRAMES, 0 beyond",
+    )
     p.add_argument("--model", choices=["dense", "sparse"], default="dense")
     p.add_argument("--features", choices=["superpoint", "sift"], default="superpoint")
     p.add_argument("--superpoint-weights", type=Path, help="MagicLeap superpoint_v1.pth")
@@ -122,8 +131,9 @@ def run(args: argparse.Namespace) -> int:
     if args.features == "superpoint" and args.superpoint_weights is not None:
         ext_conf["weights"] = str(args.superpoint_weights)
     extractor = create_extractor(args.features, **ext_conf)
-    train_sets = [s for d in args.data for s in load_source(d, args.map_images)]
-    val_sets = [s for d in args.val for s in load_source(d, args.map_images)]
+    window = args.sequence_window
+    train_sets = [s for d in args.data for s in load_source(d, args.map_images, window)]
+    val_sets = [s for d in args.val for s in load_source(d, args.map_images, window)]
     cache_dir = args.cache_dir or (args.output_dir.parent / ".features")
     cache = FeatureCache(cache_dir, extractor, tuple(conf["image_size"]))
     is_main = os.environ.get("RANK", "0") == "0"
