@@ -22,6 +22,7 @@ SUBCOMMANDS = [
     "supergf_ros.inference.export",  # export
     "supergf_ros.evaluation.benchmark",  # benchmark
     "supergf_ros.ros.make_bag",  # make-bag
+    "supergf_ros.ros.bag_frames",  # bag-frames
     "supergf_ros.ros.replay",  # replay
     "supergf_ros.demo",  # demo
 ]
