@@ -1,7 +1,7 @@
 """Retrieval benchmark of the trained SuperGF weights on held-out data (see MODEL_CARD.md).
 
-Usage: python scripts/train_eval_retrieval.py [--shared ../shared] [--dense CKPT] [--sparse CKPT]
-       [--cache-dir .cache/h5train/eval_features] [--json OUT.json]
+Usage: python scripts/train_eval_retrieval.py [--shared ../shared] [--features superpoint|sift]
+       [--dense CKPT] [--sparse CKPT] [--cache-dir .cache/h5train/eval_features] [--json OUT.json]
 
 Data (never used for training): vpr/corridor (111 queries vs 111 references; ground truth from
 ground_truth_new.npy) and strecha/Herz-Jesus-P25 (odd images as queries, even images as the
@@ -16,7 +16,8 @@ database). Positives, five ways:
 - "top2-nearest": the two database images with the nearest camera centres among those looking
   within 45 degrees of the query's direction.
 
-Methods over the same SuperPoint features (images resized to the training size): SuperGF
+Methods over the same local features (SuperPoint, or RootSIFT with --features sift; images
+resized to the training size): SuperGF
 dense/sparse, the training-free aggregators GeM (over the dense map), VLAD (keypoint
 descriptors) and dense VLAD (dense-map cells), VLAD codebooks fitted on the database, and the
 raw-pixel baseline (32x24 grayscale, cosine).
@@ -85,13 +86,15 @@ def covisibility_overlap(root: Path, cache_dir: Path, superpoint_weights: Path) 
     return images.overlap[np.ix_(order, order)]
 
 
-def describe(method: str, feats_q, feats_db, weights: dict[str, Path]) -> tuple[np.ndarray, ...]:
+def describe(
+    method: str, feats_q, feats_db, weights: dict[str, Path], features: str
+) -> tuple[np.ndarray, ...]:
     if method.startswith("supergf"):
-        agg = create_aggregator(method, weights=str(weights[method]))
+        agg = create_aggregator(method, weights=str(weights[method]), features=features)
     elif method == "vlad-dense":
-        agg = create_aggregator("vlad", source="dense")
+        agg = create_aggregator("vlad", source="dense", features=features)
     else:
-        agg = create_aggregator(method)
+        agg = create_aggregator(method, features=features)
     if agg.needs_fit:
         agg.fit(list(feats_db))
     return agg.batch(list(feats_q)), agg.batch(list(feats_db))
@@ -101,23 +104,31 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--shared", type=Path, default=Path("../shared"))
     p.add_argument(
-        "--dense", type=Path, default=Path("supergf_ros/weights/supergf_dense_superpoint.pt")
+        "--features",
+        choices=["superpoint", "sift"],
+        default="superpoint",
+        help="local features (sift: RootSIFT keypoints, no dense map)",
     )
-    p.add_argument(
-        "--sparse", type=Path, default=Path("supergf_ros/weights/supergf_sparse_superpoint.pt")
-    )
+    p.add_argument("--dense", type=Path, help="default: the shipped supergf_dense_FEATURES.pt")
+    p.add_argument("--sparse", type=Path, help="default: the shipped supergf_sparse_FEATURES.pt")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/h5train/eval_features"))
     p.add_argument("--image-size", nargs=2, type=int, default=[320, 240])
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     data = args.shared / "data"
-    extractor = create_extractor(
-        "superpoint", weights=str(args.shared / "weights" / "superpoint_v1.pth"), max_keypoints=512
-    )
+    if args.features == "superpoint":
+        weights_file = args.shared / "weights" / "superpoint_v1.pth"
+        extractor = create_extractor("superpoint", weights=str(weights_file), max_keypoints=512)
+    else:
+        extractor = create_extractor("sift", max_keypoints=512)
     cache = FeatureCache(args.cache_dir, extractor, tuple(args.image_size))
-    weights = {"supergf-dense": args.dense, "supergf-sparse": args.sparse}
+    shipped = Path("supergf_ros/weights")
+    weights = {
+        "supergf-dense": args.dense or shipped / f"supergf_dense_{args.features}.pt",
+        "supergf-sparse": args.sparse or shipped / f"supergf_sparse_{args.features}.pt",
+    }
     methods = [m for m in ("supergf-dense", "supergf-sparse") if weights[m].is_file()]
-    methods += ["gem", "vlad", "vlad-dense"]
+    methods += ["gem", "vlad"] + (["vlad-dense"] if args.features == "superpoint" else [])
 
     benchmarks = {}
     # corridor
@@ -153,7 +164,7 @@ def main() -> None:
     results: dict = {}
     for name, (qp, dbp, gts) in benchmarks.items():
         fq, fdb = cache.load(qp), cache.load(dbp)
-        descs = {m: describe(m, fq, fdb, weights) for m in methods}
+        descs = {m: describe(m, fq, fdb, weights, args.features) for m in methods}
         descs["raw-pixels"] = (raw_pixels(qp), raw_pixels(dbp))
         for gt_name, pos in gts.items():
             for m, (dq, ddb) in descs.items():

@@ -181,6 +181,6 @@ def test_supergf_bad_input(features, sparse_ckpt, dense_ckpt, tmp_path, monkeypa
     assert available_global_descriptors("superpoint") == ["vlad", "gem"]
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "supergf_dense_sift.pt").write_bytes(sparse_ckpt.read_bytes())
-    assert available_global_descriptors("sift") == ["supergf-dense", "vlad", "gem"]
+    assert available_global_descriptors("sift") == ["vlad", "gem", "supergf-dense"]
     with pytest.raises(ValueError, match="unknown local features"):
         available_global_descriptors("orb")
