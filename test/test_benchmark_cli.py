@@ -27,6 +27,9 @@ def test_benchmark_cli_json(tmp_path, superpoint_weights, capsys):
     ratio = result["ratio_supergf_sparse_over_superpoint"]
     expected = result["supergf_sparse_ms"]["torch"] / result["superpoint_ms"]["torch"]
     assert ratio == pytest.approx(expected, rel=0.01)
+    dense = result["ratio_supergf_dense_over_superpoint_by_backend"]["onnxruntime"]
+    expected = result["supergf_dense_ms"]["onnxruntime"] / result["superpoint_ms"]["onnxruntime"]
+    assert dense == pytest.approx(expected, rel=0.01)
     setup = result["setup"]
     assert setup["image_size"] == [128, 96] and setup["superpoint_weights"].endswith(".pth")
     # the shipped checkpoint's config when it exists, else the paper config (random weights)

@@ -312,6 +312,10 @@ def run_benchmark(
             if {"torch", "onnxruntime"} <= set(per)
         }
     result["ratio_supergf_sparse_over_superpoint_by_backend"] = ratios
+    result["ratio_supergf_dense_over_superpoint_by_backend"] = {
+        b: round(timings["supergf_dense"][b]["median"] / timings["superpoint"][b]["median"], 4)
+        for b in backends
+    }
     if netvlad:
         result["ratio_supergf_sparse_over_netvlad_by_backend"] = {
             b: round(timings["supergf_sparse"][b]["median"] / timings["netvlad"][b]["median"], 4)
@@ -373,10 +377,12 @@ def format_table(result: dict[str, Any]) -> str:
         f"median latency in ms, {w}x{h}, {result['setup'].get('device', 'cpu')}, "
         f"{result['setup']['torch_threads']} torch threads",
     )
-    ratio = result["ratio_supergf_sparse_over_superpoint_by_backend"]
-    lines.append(
-        "SuperGF-sparse / SuperPoint: " + ", ".join(f"{b} {v:.3f}" for b, v in ratio.items())
-    )
+    for variant in ("dense", "sparse"):
+        ratio = result.get(f"ratio_supergf_{variant}_over_superpoint_by_backend", {})
+        lines.append(
+            f"SuperGF-{variant} / SuperPoint:".ljust(29)
+            + ", ".join(f"{b} {v:.3f}" for b, v in ratio.items())
+        )
     if "ratio_supergf_sparse_over_netvlad_by_backend" in result:
         r = result["ratio_supergf_sparse_over_netvlad_by_backend"]
         lines.append(
