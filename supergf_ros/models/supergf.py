@@ -261,9 +261,10 @@ class SuperGFDense(ResidualSlotsBase):
     def _forward_dense_residual(self, dense: torch.Tensor) -> dict[str, torch.Tensor]:
         b, _, h, w = dense.shape
         desc = F.normalize(dense.flatten(2).transpose(1, 2), dim=-1)  # (B, h*w, D)
-        # cell centres normalized as keypoints are: relative to the centre, half the long side
-        ys = torch.arange(h, dtype=dense.dtype, device=dense.device) + 0.5
-        xs = torch.arange(w, dtype=dense.dtype, device=dense.device) + 0.5
+        # cell centres normalized as keypoints are: relative to the centre, half the long side;
+        # integer ranges cast to float (TensorRT's ONNX Range takes float limits only as constants)
+        ys = torch.arange(h, device=dense.device).to(dense.dtype) + 0.5
+        xs = torch.arange(w, device=dense.device).to(dense.dtype) + 0.5
         size = torch.stack([xs[-1] + 0.5, ys[-1] + 0.5])  # (w, h) as tensors (dynamic in ONNX)
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)
         position = (grid - size / 2) / (size.max() / 2)
