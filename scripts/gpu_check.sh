@@ -4,8 +4,9 @@
 #   1. makes the working tree importable (pip install --no-deps -e ., else PYTHONPATH),
 #      installing missing small dependencies when a package index is reachable;
 #   2. runs the gpu-marked tests;
-#   3. measures SuperPoint (640x480), SuperGF-dense and SuperGF-sparse (1024 keypoints, paper
-#      config, random weights) per available backend: median ms after warm-up, synchronized;
+#   3. measures SuperPoint (640x480), SuperGF-dense and SuperGF-sparse (1024 keypoints; paper
+#      config with random weights, and the shipped weights) per available backend: median ms
+#      after warm-up, synchronized;
 #   4. measures the GPU-side post-processing: SuperPoint extraction 640x480 with post-processing
 #      on the GPU (torch) vs on the host (numpy), and mutual-NN matching of 1024 query descriptors
 #      against 5 keyframes of 2000 on the GPU (DeviceMatcher, one host copy) vs numpy;
@@ -101,9 +102,12 @@ models = {
                        max_image_size=640, opt_size=(640, 480)),
     "supergf-dense": dict(random_init=True, max_image_size=640, opt_size=(640, 480)),
     "supergf-sparse": dict(random_init=True, max_keypoints=2048, opt_keypoints=1024),
+    # the shipped CPU-sized weights (residual slots), as the node runs them by default
+    "supergf-dense:shipped": dict(max_image_size=640, opt_size=(640, 480)),
+    "supergf-sparse:shipped": dict(max_keypoints=2048, opt_keypoints=1024),
 }
 for name, kwargs in models.items():
-    spec = model_spec(name, **kwargs)
+    spec = model_spec(name.split(":")[0], **kwargs)
     feed = example_feed(spec)
     reference = None
     for backend, device, precision in configs:
