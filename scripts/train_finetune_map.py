@@ -126,16 +126,10 @@ def make_two_traversal_scene(out_dir: Path, seed: int, textures: Path) -> None:
     os.replace(tmp, out_dir)
 
 
-def evaluate(method: str, cache: FeatureCache, scene, q_names, m_names) -> dict[str, float]:
-    """Recall@1/5/10 of the queries against the mapping images (positives: overlap >= 0.5).
-
-    `method` is a SuperGF checkpoint path or a training-free aggregator name (gem, vlad,
-    vlad-dense; VLAD's codebook is fitted on the mapping images, as build-map does).
-    """
-    idx = {n: i for i, n in enumerate(scene.info["names"])}
-    qi, mi = [idx[n] for n in q_names], [idx[n] for n in m_names]
-    fq = cache.load([scene.paths[i] for i in qi])
-    fm = cache.load([scene.paths[i] for i in mi])
+def describe(method: str, feats_q, feats_db) -> tuple[np.ndarray, np.ndarray]:
+    """Global descriptors of queries and database with a SuperGF checkpoint (a path) or a
+    training-free aggregator name (gem, vlad, vlad-dense; VLAD's codebook is fitted on the
+    database images, as build-map does)."""
     if method.endswith(".pt"):
         from supergf_ros.models import load_checkpoint
 
@@ -144,12 +138,69 @@ def evaluate(method: str, cache: FeatureCache, scene, q_names, m_names) -> dict[
     else:
         conf = {"source": "dense"} if method == "vlad-dense" else {}
         agg = create_aggregator(method.removesuffix("-dense"), **conf)
-        agg.fit(list(fm))
-    dq, dm = agg.batch(fq), agg.batch(fm)
+        agg.fit(list(feats_db))
+    return agg.batch(feats_q), agg.batch(feats_db)
+
+
+def evaluate(method: str, cache: FeatureCache, scene, q_names, m_names) -> dict[str, float]:
+    """Recall@1/5/10 of the queries against the mapping images (positives: overlap >= 0.5)."""
+    idx = {n: i for i, n in enumerate(scene.info["names"])}
+    qi, mi = [idx[n] for n in q_names], [idx[n] for n in m_names]
+    dq, dm = describe(
+        method, cache.load([scene.paths[i] for i in qi]), cache.load([scene.paths[i] for i in mi])
+    )
     positives = [np.flatnonzero(scene.overlap[q, mi] >= 0.5) for q in qi]
     out = recall_at_n(dq @ dm.T, positives)
     out["queries"] = int(sum(len(p) > 0 for p in positives))
     return out
+
+
+def finetune(
+    run_dir: Path,
+    data_args: list[str],
+    args: argparse.Namespace,
+    lr: float,
+    seed: int,
+    weights: Path,
+    superpoint_weights: Path,
+) -> Path:
+    """`supergf-ros train` from `weights` on `data_args` (skipped if already done); the model."""
+    if not (run_dir / "model_last.pt").exists():
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        subprocess.run(
+            [
+                *(sys.executable, "-m", "supergf_ros.cli", "train", str(run_dir), *data_args),
+                *("--init-weights", str(weights), "--model", args.model),
+                *("--superpoint-weights", str(superpoint_weights)),
+                *("--cache-dir", str(args.work_dir / "features")),
+                *("--config", str(args.config), "--steps", str(args.steps)),
+                *("--lr", str(lr), "--seed", str(seed)),
+                *("--val-every", str(args.steps), "--no-progress"),
+            ],
+            check=True,
+            env=env,
+        )
+    return run_dir / "model_last.pt"
+
+
+def write_results(results: dict, num_queries: int, label: str, work_dir: Path, tag: str) -> None:
+    """Print and write the before/after Recall@N table (Markdown) and the results (JSON)."""
+    b = results["before"]
+    lines = [f"| model | R@1 | R@5 | R@10 |  ({num_queries} queries)", "|---|---|---|---|"]
+    rows = [("GeM", b["gem"]), ("VLAD", b["vlad"]), ("VLAD (dense map)", b["vlad-dense"])]
+    rows.append((f"{label} before", b["supergf"]))
+    for run in results["runs"]:
+        rows.append(
+            (
+                f"{label} after (lr {run['lr']:g}, seed {run['seed']}, {run['steps']} steps)",
+                run["after"],
+            )
+        )
+    lines += [f"| {name} | {r['r@1']:.3f} | {r['r@5']:.3f} | {r['r@10']:.3f} |" for name, r in rows]
+    table = "\n".join(lines)
+    print(table)
+    atomic_write_text(work_dir / f"finetune_{tag}.json", json.dumps(results, indent=2))
+    atomic_write_text(work_dir / f"finetune_{tag}.md", table + "\n")
 
 
 def main() -> None:
@@ -210,47 +261,14 @@ def main() -> None:
     for lr in args.lrs:
         for seed in args.train_seeds:
             run_dir = args.work_dir / f"run_{args.scene}{args.seed}_{args.model}_lr{lr:g}_s{seed}"
-            if not (run_dir / "model_last.pt").exists():
-                subprocess.run(
-                    [
-                        *cli,
-                        *("train", str(run_dir), "--data", str(map_path)),
-                        *("--map-images", str(scene_dir / "images")),
-                        *("--init-weights", str(weights), "--model", args.model),
-                        *("--superpoint-weights", str(sp)),
-                        *("--cache-dir", str(args.work_dir / "features")),
-                        *("--config", str(args.config), "--steps", str(args.steps)),
-                        *("--lr", str(lr), "--seed", str(seed)),
-                        *("--val-every", str(args.steps), "--no-progress"),
-                    ],
-                    check=True,
-                    env=env,
-                )
-            after = evaluate(str(run_dir / "model_last.pt"), cache, scene, q_names, m_names)
+            data_args = ["--data", str(map_path), "--map-images", str(scene_dir / "images")]
+            model = finetune(run_dir, data_args, args, lr, seed, weights, sp)
+            after = evaluate(str(model), cache, scene, q_names, m_names)
             run = {"lr": lr, "seed": seed, "steps": args.steps, "after": after}
             results["runs"].append(run)
             print(json.dumps(run))
-    b = results["before"]
-    lines = [
-        f"| model | R@1 | R@5 | R@10 |  ({b['supergf']['queries']} queries)",
-        "|---|---|---|---|",
-    ]
-    for name, r in [
-        ("GeM", b["gem"]),
-        ("VLAD", b["vlad"]),
-        ("VLAD (dense map)", b["vlad-dense"]),
-        ("SuperGF before", b["supergf"]),
-    ]:
-        lines.append(f"| {name} | {r['r@1']:.3f} | {r['r@5']:.3f} | {r['r@10']:.3f} |")
-    for run in results["runs"]:
-        r = run["after"]
-        name = f"SuperGF after (lr {run['lr']:g}, seed {run['seed']}, {run['steps']} steps)"
-        lines.append(f"| {name} | {r['r@1']:.3f} | {r['r@5']:.3f} | {r['r@10']:.3f} |")
-    table = "\n".join(lines)
-    print(table)
     tag = f"{args.scene}{args.seed}_{args.model}"
-    atomic_write_text(args.work_dir / f"finetune_{tag}.json", json.dumps(results, indent=2))
-    atomic_write_text(args.work_dir / f"finetune_{tag}.md", table + "\n")
+    write_results(results, results["before"]["supergf"]["queries"], "SuperGF", args.work_dir, tag)
 
 
 if __name__ == "__main__":

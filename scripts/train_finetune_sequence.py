@@ -19,16 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+from train_finetune_map import describe, finetune, write_results  # scripts/ is on sys.path
 
 from supergf_ros.features import create_extractor
-from supergf_ros.io_utils import atomic_write_text
-from supergf_ros.models.aggregators import create_aggregator
 from supergf_ros.training.cache import FeatureCache
 from supergf_ros.training.trainer import recall_at_n
 
@@ -40,16 +36,8 @@ SHIPPED = {
 
 def evaluate(method: str, fq, fdb, positives) -> dict[str, float]:
     """Recall@1/5/10 with a SuperGF checkpoint (path) or a training-free aggregator name."""
-    if method.endswith(".pt"):
-        from supergf_ros.models import load_checkpoint
-
-        _, info = load_checkpoint(method)
-        agg = create_aggregator(info["model"], weights=method)
-    else:
-        conf = {"source": "dense"} if method == "vlad-dense" else {}
-        agg = create_aggregator(method.removesuffix("-dense"), **conf)
-        agg.fit(list(fdb))
-    return recall_at_n(agg.batch(fq) @ agg.batch(fdb).T, positives)
+    dq, ddb = describe(method, fq, fdb)
+    return recall_at_n(dq @ ddb.T, positives)
 
 
 def main() -> None:
@@ -70,7 +58,6 @@ def main() -> None:
     for path in (weights, sp, args.config, root / "ground_truth_new.npy"):
         if not path.is_file():
             raise ValueError(f"{path} not found (run from the repository root)")
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     q_paths = sorted((root / "query").glob("*.jpg"))
     db_paths = sorted((root / "ref").glob("*.jpg"))
     gt = np.load(root / "ground_truth_new.npy", allow_pickle=True)
@@ -83,48 +70,17 @@ def main() -> None:
     results["before"] = {m: evaluate(m, fq, fdb, positives) for m in ("gem", "vlad", "vlad-dense")}
     results["before"]["supergf"] = evaluate(str(weights), fq, fdb, positives)
     print(json.dumps(results["before"]))
-    cli = [sys.executable, "-m", "supergf_ros.cli"]
     for lr in args.lrs:
         for seed in args.train_seeds:
             run_dir = args.work_dir / f"run_corridor_{args.model}_w{args.window:g}_lr{lr:g}_s{seed}"
-            if not (run_dir / "model_last.pt").exists():
-                subprocess.run(
-                    [
-                        *cli,
-                        *("train", str(run_dir), "--data", str(root / "ref")),
-                        *("--sequence-window", str(args.window)),
-                        *("--init-weights", str(weights), "--model", args.model),
-                        *("--superpoint-weights", str(sp)),
-                        *("--cache-dir", str(args.work_dir / "features")),
-                        *("--config", str(args.config), "--steps", str(args.steps)),
-                        *("--lr", str(lr), "--seed", str(seed)),
-                        *("--val-every", str(args.steps), "--no-progress"),
-                    ],
-                    check=True,
-                    env=env,
-                )
-            after = evaluate(str(run_dir / "model_last.pt"), fq, fdb, positives)
+            data_args = ["--data", str(root / "ref"), "--sequence-window", str(args.window)]
+            model = finetune(run_dir, data_args, args, lr, seed, weights, sp)
+            after = evaluate(str(model), fq, fdb, positives)
             run = {"lr": lr, "seed": seed, "steps": args.steps, "after": after}
             results["runs"].append(run)
             print(json.dumps(run))
-    b = results["before"]
-    lines = [f"| model | R@1 | R@5 | R@10 |  ({len(q_paths)} queries)", "|---|---|---|---|"]
-    for name, r in [
-        ("GeM", b["gem"]),
-        ("VLAD", b["vlad"]),
-        ("VLAD (dense map)", b["vlad-dense"]),
-        (f"SuperGF-{args.model} before", b["supergf"]),
-    ]:
-        lines.append(f"| {name} | {r['r@1']:.3f} | {r['r@5']:.3f} | {r['r@10']:.3f} |")
-    for run in results["runs"]:
-        r = run["after"]
-        name = f"SuperGF-{args.model} after (lr {run['lr']:g}, seed {run['seed']}, {run['steps']} steps)"
-        lines.append(f"| {name} | {r['r@1']:.3f} | {r['r@5']:.3f} | {r['r@10']:.3f} |")
-    table = "\n".join(lines)
-    print(table)
     tag = f"corridor_{args.model}_w{args.window:g}"
-    atomic_write_text(args.work_dir / f"finetune_{tag}.json", json.dumps(results, indent=2))
-    atomic_write_text(args.work_dir / f"finetune_{tag}.md", table + "\n")
+    write_results(results, len(q_paths), f"SuperGF-{args.model}", args.work_dir, tag)
 
 
 if __name__ == "__main__":
