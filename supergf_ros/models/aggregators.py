@@ -263,21 +263,8 @@ class SuperGFSparseAggregator(SuperGFAggregator):
                 raise ValueError(
                     f"supergf-sparse needs LocalFeatures.image_size (width, height), got {f.image_size}"
                 )
-        b, n = len(features), max(1, max(len(f) for f in features))  # N >= 1: pad empty sets
-        kpts = np.zeros((b, n, 2), np.float32)
-        desc = np.zeros((b, n, self.input_dim), np.float32)
-        scores = np.zeros((b, n), np.float32)
-        mask = np.zeros((b, n), bool)
-        size = np.array([f.image_size for f in features], np.float32)
-        for i, f in enumerate(features):
-            k = len(f)
-            kpts[i, :k], desc[i, :k], scores[i, :k], mask[i, :k] = (
-                f.keypoints,
-                f.descriptors,
-                f.scores,
-                True,
-            )
-        return self._run((kpts, desc, scores, size, mask)).astype(np.float32, copy=False)
+        inputs = pad_sparse_features(features, self.input_dim)
+        return self._run(inputs).astype(np.float32, copy=False)
 
 
 class SuperGFDenseAggregator(SuperGFAggregator):
@@ -344,8 +331,7 @@ class VLADAggregator(GlobalAggregator):
             return features.descriptors.astype(np.float32)
         if features.dense is None:
             raise ValueError("vlad with source='dense' needs LocalFeatures.dense (a dense map)")
-        x = features.dense.reshape(features.dense.shape[0], -1).T.astype(np.float32)
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return dense_cells(features)
 
     def fit(self, features: list[LocalFeatures]) -> None:
         """k-means codebook from the local descriptors of `features` (subsampled, seeded)."""
@@ -395,6 +381,41 @@ class VLADAggregator(GlobalAggregator):
 
     def _weights_sha256(self) -> str:
         return "" if self.centroids is None else _sha256_arrays(self.centroids)
+
+
+def pad_sparse_features(
+    features: list[LocalFeatures], dim: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Zero-pad keypoint sets to one batch, in SuperGF-sparse input order.
+
+    Returns float32 keypoints (B, N, 2), descriptors (B, N, dim), scores (B, N), image sizes
+    (B, 2) and the bool mask (B, N) of real keypoints; N >= 1, so empty sets are padded too.
+    """
+    b, n = len(features), max(1, max(len(f) for f in features))
+    kpts = np.zeros((b, n, 2), np.float32)
+    desc = np.zeros((b, n, dim), np.float32)
+    scores = np.zeros((b, n), np.float32)
+    mask = np.zeros((b, n), bool)
+    for i, f in enumerate(features):
+        k = len(f)
+        kpts[i, :k], desc[i, :k], scores[i, :k], mask[i, :k] = (
+            f.keypoints,
+            f.descriptors,
+            f.scores,
+            True,
+        )
+    size = np.array([f.image_size for f in features], np.float32)
+    return kpts, desc, scores, size, mask
+
+
+def dense_cells(features: LocalFeatures, rows: np.ndarray | None = None) -> np.ndarray:
+    """(h * w, D) float32: the cells of the dense descriptor map as L2-normalized descriptors,
+    row-major (as SuperGF-dense with residual slots sees them); only the cells `rows` if given."""
+    if features.dense is None:
+        raise ValueError("dense-map cells need LocalFeatures.dense (a dense map)")
+    x = features.dense.reshape(features.dense.shape[0], -1).T
+    x = (x if rows is None else x[rows]).astype(np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _cluster_sums(x: np.ndarray, assign: np.ndarray, k: int) -> np.ndarray:

@@ -144,22 +144,9 @@ def features_to_inputs(
             raise ValueError(f"dense maps of one batch must share a shape, got {sorted(shapes)}")
         dense = np.stack([f.dense for f in feats]).astype(np.float32)
         return {"dense": torch.from_numpy(dense).to(device)}
-    n = max(1, max(len(f) for f in feats))
-    b = len(feats)
-    dim = feats[0].descriptors.shape[1]
-    kpts = np.zeros((b, n, 2), np.float32)
-    desc = np.zeros((b, n, dim), np.float32)
-    scores = np.zeros((b, n), np.float32)
-    mask = np.zeros((b, n), bool)
-    for i, f in enumerate(feats):
-        k = len(f)
-        kpts[i, :k], desc[i, :k], scores[i, :k], mask[i, :k] = (
-            f.keypoints,
-            f.descriptors,
-            f.scores,
-            True,
-        )
-    size = np.array([f.image_size for f in feats], np.float32)
+    from ..models.aggregators import pad_sparse_features
+
+    kpts, desc, scores, size, mask = pad_sparse_features(list(feats), feats[0].descriptors.shape[1])
     arrays = {"keypoints": kpts, "descriptors": desc, "scores": scores, "image_size": size}
     out = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
     out["mask"] = torch.from_numpy(mask).to(device)
@@ -377,21 +364,21 @@ def codebook_from_features(
     `source` "sparse" clusters the keypoint descriptors, "dense" the (L2-normalized) cells of the
     dense descriptor maps, as the dense residual model sees them.
     """
-    from ..models.aggregators import _kmeans
+    from ..models.aggregators import _kmeans, dense_cells
 
     if source == "dense":
         if any(f.dense is None for f in feats):
             raise ValueError("a dense codebook needs dense descriptor maps from the extractor")
-        # a seeded sample of cells per image first: all cells of a training set do not fit in RAM
+        # a seeded sample of cells per image: all cells of a training set do not fit in RAM
         rng = np.random.default_rng([seed, 1])
         per_image = max(1, -(-2 * max_descriptors // max(1, len(feats))))
         descs = []
         for f in feats:
-            cells = f.dense.reshape(f.dense.shape[0], -1).T
-            if len(cells) > per_image:
-                cells = cells[rng.choice(len(cells), per_image, replace=False)]
-            cells = cells.astype(np.float32)
-            descs.append(cells / np.maximum(np.linalg.norm(cells, axis=1, keepdims=True), 1e-12))
+            num_cells = f.dense.shape[1] * f.dense.shape[2]
+            rows = None
+            if num_cells > per_image:
+                rows = rng.choice(num_cells, per_image, replace=False)
+            descs.append(dense_cells(f, rows))
     elif source == "sparse":
         descs = [f.descriptors for f in feats if len(f)]
     else:
