@@ -93,7 +93,7 @@ def extract_frames(
     typestore = get_typestore(Stores.ROS2_KILTED)
     try:
         with Reader(bag_path) as reader:
-            conn = _image_connection(reader.connections, image_topic, bag_path)
+            conn = image_connection(reader.connections, image_topic, bag_path)
             topic = conn.topic
             # Pass 1: header stamps of every message, to order and select the frames.
             entries: list[tuple[int, int, int]] = []  # (header stamp, receive time, index)
@@ -217,7 +217,7 @@ def _check_output(out_dir: Path, images_dir: Path, overwrite: bool) -> None:
         )
 
 
-def _image_connection(connections: Any, image_topic: str | None, bag_path: Path) -> Any:
+def image_connection(connections: Any, image_topic: str | None, bag_path: Path) -> Any:
     """The bag connection of `image_topic`, or of the only Image topic when it is None."""
     images = [c for c in connections if c.msgtype == IMAGE_MSGTYPE]
     topics = sorted({c.topic for c in images})

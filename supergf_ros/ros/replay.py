@@ -97,14 +97,16 @@ def read_bag_frames(bag_path: Path, image_topic: str | None, info_topic: str | N
     """Raw CDR messages of the bag: {"images": [(stamp_ns, raw)], "infos": [...], topics}."""
     from rosbags.rosbag2 import Reader
 
+    from supergf_ros.ros.bag_frames import image_connection
+
     if not (bag_path / "metadata.yaml").is_file():
         raise FileNotFoundError(f"not a rosbag2 folder (no metadata.yaml): {bag_path}")
     with Reader(bag_path) as reader:
-        by_type: dict[str, list[str]] = {}
-        for c in reader.connections:
-            by_type.setdefault(c.msgtype, []).append(c.topic)
-        image_topic = image_topic or _single(by_type, "sensor_msgs/msg/Image", bag_path)
-        info_topic = info_topic or (by_type.get("sensor_msgs/msg/CameraInfo") or [None])[0]
+        image_topic = image_connection(reader.connections, image_topic, bag_path).topic
+        info_topics = [
+            c.topic for c in reader.connections if c.msgtype == "sensor_msgs/msg/CameraInfo"
+        ]
+        info_topic = info_topic or (info_topics or [None])[0]
         conns = [c for c in reader.connections if c.topic in (image_topic, info_topic)]
         images, infos = [], []
         for conn, stamp, raw in reader.messages(connections=conns):
@@ -112,13 +114,6 @@ def read_bag_frames(bag_path: Path, image_topic: str | None, info_topic: str | N
     if not images:
         raise ValueError(f"bag {bag_path} has no messages on image topic {image_topic}")
     return {"images": images, "infos": infos, "image_topic": image_topic, "info_topic": info_topic}
-
-
-def _single(by_type: dict[str, list[str]], msgtype: str, bag: Path) -> str:
-    topics = by_type.get(msgtype, [])
-    if len(topics) != 1:
-        raise ValueError(f"bag {bag} has {len(topics)} {msgtype} topics {topics}; pick one")
-    return topics[0]
 
 
 def _header_stamp_ns(raw: bytes, msgtype: Any) -> int:
