@@ -349,3 +349,46 @@ def test_tf_is_broadcast_after_enabling_it_at_run_time(harness):
     assert (tf.header.frame_id, tf.child_frame_id) == ("map", "camera")
     t = tf.transform.translation
     assert np.linalg.norm(np.array([t.x, t.y, t.z]) - gt.center) < 0.1
+
+
+def _set_parameter(harness, name: str, value):
+    from rcl_interfaces.msg import Parameter
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter as RclpyParameter
+
+    cli = harness.ros.node.create_client(SetParameters, "/localizer/set_parameters")
+    assert cli.wait_for_service(timeout_sec=10.0)
+    msg = Parameter(name=name, value=RclpyParameter(name, value=value).get_parameter_value())
+    future = cli.call_async(SetParameters.Request(parameters=[msg]))
+    assert wait_until(future.done, 10.0)
+    return future.result().results[0]
+
+
+def test_runtime_change_reaches_the_localizer(harness):
+    image, camera, _ = _query(harness.scene, 1)
+    harness.send_camera_info(camera)
+    assert _set_parameter(harness, "top_k", 1).successful
+    try:
+        st = harness.send(numpy_to_image_fields(image, "rgb8"))
+        assert len(st.retrieved_keyframes) == 1
+    finally:
+        assert _set_parameter(harness, "top_k", 5).successful
+    st = harness.send(numpy_to_image_fields(image, "rgb8"))
+    assert len(st.retrieved_keyframes) > 1
+
+
+def test_integer_for_a_float_parameter_is_accepted(harness):
+    from rcl_interfaces.msg import ParameterType
+    from rcl_interfaces.srv import GetParameters
+
+    assert _set_parameter(harness, "max_rate_hz", 2).successful
+    try:
+        cli = harness.ros.node.create_client(GetParameters, "/localizer/get_parameters")
+        future = cli.call_async(GetParameters.Request(names=["max_rate_hz"]))
+        assert wait_until(future.done, 10.0)
+        value = future.result().values[0]
+        assert value.type == ParameterType.PARAMETER_DOUBLE and value.double_value == 2.0
+    finally:
+        assert _set_parameter(harness, "max_rate_hz", 0.0).successful
+    refused = _set_parameter(harness, "max_rate_hz", "fast")
+    assert not refused.successful

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .config import OPTIONS, check_conf
+
 
 def localize_dataset(
     localizer,
@@ -71,14 +73,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--queries", type=Path, required=True, help="query image names, one a line")
     p.add_argument("--out", type=Path, required=True, help="RESULTS.txt to write")
     p.add_argument("--log", type=Path, help="LOG.json with per-query details")
-    p.add_argument("--top-k", type=int, default=5, help="keyframes retrieved per query")
-    p.add_argument("--rerank", action="store_true", help="re-rank by homography inliers")
-    p.add_argument("--rerank-keep", type=int, help="keyframes kept after re-ranking")
-    p.add_argument("--ratio-threshold", type=float, help="Lowe ratio test (default: none)")
-    p.add_argument("--min-inliers", type=int, default=12)
-    p.add_argument("--ransac-max-error", type=float, default=12.0, help="PnP threshold (px)")
-    p.add_argument("--superpoint-weights", type=Path, help="default: $SUPERGF_SUPERPOINT_WEIGHTS")
-    p.add_argument("--supergf-weights", type=Path, help="default: the shipped checkpoint")
+    opt = OPTIONS
+    p.add_argument("--top-k", type=int, default=opt["top_k"].default, help=opt["top_k"].description)
+    p.add_argument("--rerank", action="store_true", help=opt["rerank"].description)
+    p.add_argument("--rerank-keep", type=int, help=opt["rerank_keep"].description)
+    p.add_argument("--ratio-threshold", type=float, help=opt["ratio_threshold"].description)
+    p.add_argument("--min-inliers", type=int, default=opt["min_inliers"].default)
+    p.add_argument(
+        "--ransac-max-error",
+        type=float,
+        default=opt["ransac_max_error_px"].default,
+        help=opt["ransac_max_error_px"].description,
+    )
+    p.add_argument("--superpoint-weights", type=Path, help=opt["superpoint_weights"].description)
+    p.add_argument("--supergf-weights", type=Path, help=opt["supergf_weights"].description)
     from ..mapping.build_map import add_backend_arguments
 
     add_backend_arguments(p)
@@ -89,17 +97,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--max-keypoints", type=int, help="query keypoints (default: as the map)")
     p.add_argument("--resize-max", type=int, help="query resize (default: as the map)")
-    p.add_argument("--index", choices=["auto", "flat", "hnsw"], default="auto")
+    p.add_argument("--index", choices=opt["index"].choices, default=opt["index"].default)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..datasets import atomic_write_text, read_image_list, write_results
-    from .localizer import Localizer
-
-    names = read_image_list(args.queries)
+def localizer_conf_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Localizer options from the command line (unset optional ones keep their defaults)."""
     conf = {
         "top_k": args.top_k,
         "rerank": args.rerank,
@@ -107,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
         "ratio_threshold": args.ratio_threshold,
         "min_inliers": args.min_inliers,
         "ransac_max_error_px": args.ransac_max_error,
-        "superpoint_weights": args.superpoint_weights,
-        "supergf_weights": args.supergf_weights,
+        "superpoint_weights": args.superpoint_weights and str(args.superpoint_weights),
+        "supergf_weights": args.supergf_weights and str(args.supergf_weights),
         "backend": args.backend,
         "device": args.device,
         "match_3d_only": not args.match_all_keypoints,
@@ -116,6 +121,15 @@ def run(args: argparse.Namespace) -> int:
         "resize_max": args.resize_max,
         "index": args.index,
     }
+    return check_conf(conf)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..datasets import atomic_write_text, read_image_list, write_results
+    from .localizer import Localizer
+
+    names = read_image_list(args.queries)
+    conf = localizer_conf_from_args(args)
     localizer = Localizer.from_map(args.map, conf)
     info = localizer.backend_info
     if not args.quiet:

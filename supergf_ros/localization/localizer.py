@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 from ..features.base import LocalFeatures, validate_image
 from ..geometry import Camera, Pose
 from ..mapping.map_format import RUNTIME_OPTIONS, MapData, read_map
+from .config import OPTIONS, check_conf, check_value
 from .retrieval import GlobalIndex
 
 logger = logging.getLogger(__name__)
@@ -69,74 +71,17 @@ class LocalizationResult:
 
 
 class Localizer:
-    """Localize images against a map. Build with `Localizer.from_map(path, conf)`.
+    """Localize images against a map: `Localizer.from_map(path, conf).localize(image, camera)`.
 
-    Options (`default_conf`, all optional):
-        top_k: keyframes retrieved per query.
-        rerank: re-rank the top-k by homography-RANSAC inliers before pose estimation.
-        rerank_keep: after re-ranking, use only this many keyframes for the pose (None: all).
-        rerank_threshold_px: homography RANSAC threshold.
-        ratio_threshold: Lowe ratio test on top of mutual NN (None: mutual NN only).
-        distance_threshold: max descriptor distance of a match (None: no limit).
-        min_inliers: fewer PnP inliers is a failed localization.
-        ransac_max_error_px: PnP RANSAC threshold.
-        max_keypoints, resize_max: query extraction overrides (default: as the map).
-        superpoint_weights: SuperPoint weights file (default: $SUPERGF_SUPERPOINT_WEIGHTS).
-        supergf_weights: SuperGF checkpoint (default: the shipped one).
-        backend: "auto" | "torch" | "onnxruntime" | "tensorrt" for SuperPoint and SuperGF;
-            "auto" picks the fastest available (TensorRT > ONNX Runtime CUDA > PyTorch CUDA >
-            ONNX Runtime CPU > PyTorch CPU). Any backend localizes against any map.
-        device: "auto" | "cpu" | "cuda" | "cuda:N" for those networks.
-        match_3d_only: match the query only against keyframe keypoints that have a 3D point
-            (the others cannot become 2D-3D correspondences; about 40% less matching work).
-        index: retrieval index "auto" | "flat" | "hnsw".
-        match_backend: "auto" | "numpy" | "torch". "torch" keeps the keyframe descriptors on
-            the networks' device (uploaded once, here; CPU when the networks run there) and
-            matches the query's descriptors where the extractor left them, with one host copy
-            of all matches per query; "numpy" matches on the host; "auto" is torch when the
-            networks run on a CUDA device that PyTorch can use, numpy otherwise (faster on CPU).
-
-    After construction, `backend_info` says what runs the networks and why:
-    {"backend", "device", "reason"} (backend "none" when the map needs no network, e.g. SIFT).
+    Options: `config.OPTIONS` (defaults in `default_conf`); `update(**changes)` changes the
+    run-time ones. `backend_info` says what runs the networks and why: {"backend", "device",
+    "reason"} (backend "none" when the map needs no network, e.g. SIFT).
     """
 
-    default_conf: dict[str, Any] = {
-        "top_k": 5,
-        "rerank": False,
-        "rerank_keep": None,
-        "rerank_threshold_px": 8.0,
-        "ratio_threshold": None,
-        "distance_threshold": None,
-        "min_inliers": 12,
-        "ransac_max_error_px": 12.0,
-        "max_keypoints": None,
-        "resize_max": None,
-        "superpoint_weights": None,
-        "supergf_weights": None,
-        "backend": "auto",
-        "device": "auto",
-        "match_3d_only": True,
-        "index": "auto",
-        "match_backend": "auto",
-    }
+    default_conf: dict[str, Any] = {name: opt.default for name, opt in OPTIONS.items()}
 
     def __init__(self, map_data: MapData, conf: dict[str, Any] | None = None) -> None:
-        conf = dict(conf or {})
-        unknown = set(conf) - set(self.default_conf)
-        if unknown:
-            raise ValueError(
-                f"unknown localizer option(s): {sorted(unknown)}; valid: {sorted(self.default_conf)}"
-            )
-        self.conf = {**self.default_conf, **conf}
-        if int(self.conf["top_k"]) < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.conf['top_k']}")
-        if int(self.conf["min_inliers"]) < 4:
-            raise ValueError(f"min_inliers must be >= 4, got {self.conf['min_inliers']}")
-        if self.conf["match_backend"] not in ("auto", "numpy", "torch"):
-            raise ValueError(
-                "match_backend must be 'auto', 'numpy' or 'torch', "
-                f"got {self.conf['match_backend']!r}"
-            )
+        self.conf = {**self.default_conf, **check_conf(dict(conf or {}))}
         self.map = map_data
         self.backend_info = self._select_backend()
         self.extractor = self._build_extractor()
@@ -154,6 +99,18 @@ class Localizer:
             info["device"],
             info["reason"],
         )
+
+    def update(self, **changes: Any) -> None:
+        """Change run-time options (`config.OPTIONS[name].runtime`) of a running localizer.
+
+        All changes are checked before any applies; the new configuration replaces the old one
+        in one assignment, so a localization in progress keeps the configuration it started with.
+        """
+        checked = check_conf(changes)
+        fixed = sorted(n for n in checked if not OPTIONS[n].runtime)
+        if fixed:
+            raise ValueError(f"option(s) {fixed} are fixed at start-up; build a new Localizer")
+        self.conf = {**self.conf, **checked}
 
     @classmethod
     def from_map(cls, map_path: str | Path, conf: dict[str, Any] | None = None) -> Localizer:
@@ -343,37 +300,66 @@ class Localizer:
         self, features: LocalFeatures, camera: Camera, top_k: int | None = None
     ) -> LocalizationResult:
         """Localize from already extracted query features (all stages after extraction)."""
-        import pycolmap
-
-        conf = self.conf
-        top_k = int(conf["top_k"] if top_k is None else top_k)
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        conf = self.conf  # one configuration for the whole query (update() may replace it)
+        top_k = check_value("top_k", conf["top_k"] if top_k is None else top_k)
         timings = {k: 0.0 for k in TIMING_KEYS}
         t_start = time.perf_counter()
-
-        def done(result: LocalizationResult) -> LocalizationResult:
-            timings["total"] = (time.perf_counter() - t_start) * 1e3
-            result.timings_ms = timings
-            return result
-
-        t = time.perf_counter()
-        gdesc = self.aggregator(features)
-        timings["global"] = (time.perf_counter() - t) * 1e3
-        t = time.perf_counter()
-        idx, sims = self.index.search(gdesc, top_k)
-        timings["retrieval"] = (time.perf_counter() - t) * 1e3
-        retrieved = [self.map.keyframe_names[i] for i in idx]
+        with _timed(timings, "global"):
+            gdesc = self.aggregator(features)
+        with _timed(timings, "retrieval"):
+            keyframe_ids, scores = self.retrieve(gdesc, top_k)
         result = LocalizationResult(
-            success=False, retrieved=retrieved, retrieval_scores=[float(s) for s in sims]
+            success=False,
+            retrieved=[self.map.keyframe_names[i] for i in keyframe_ids],
+            retrieval_scores=[float(s) for s in scores],
         )
         if len(features) == 0:
             result.reason = "no keypoints detected in the query image"
-            return done(result)
+        else:
+            self._match_and_estimate(features, camera, keyframe_ids, scores, conf, result, timings)
+        timings["total"] = (time.perf_counter() - t_start) * 1e3
+        result.timings_ms = timings
+        return result
 
-        t = time.perf_counter()
+    def _match_and_estimate(
+        self,
+        features: LocalFeatures,
+        camera: Camera,
+        keyframe_ids: np.ndarray,
+        scores: np.ndarray,
+        conf: dict[str, Any],
+        result: LocalizationResult,
+        timings: dict[str, float],
+    ) -> None:
+        """Match against `keyframe_ids`, optionally re-rank, then estimate the pose into `result`."""
+        with _timed(timings, "matching"):
+            per_kf = self.match(features, keyframe_ids, conf)
+        result.num_matches = int(sum(len(m) for _, m in per_kf))
+        if conf["rerank"]:
+            with _timed(timings, "rerank"):
+                per_kf, scores = self.rerank(features, per_kf, scores, conf)
+            result.retrieved = [self.map.keyframe_names[i] for i, _ in per_kf]
+            result.retrieval_scores = [float(s) for s in scores]
+        if result.num_matches == 0:
+            result.reason = "no matches between the query and the retrieved keyframes"
+            return
+        with _timed(timings, "pose"):
+            q_idx, p_idx = self.correspondences(per_kf)
+            result.num_correspondences = len(q_idx)
+            self.estimate_pose(features, camera, q_idx, p_idx, conf, result)
+
+    # -- stages (each usable on its own, e.g. with candidate keyframes from a pose prior) ------
+    def retrieve(self, global_descriptor: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keyframe_ids, similarities) of the `top_k` most similar keyframes, best first."""
+        return self.index.search(global_descriptor, top_k)
+
+    def match(
+        self, features: LocalFeatures, keyframe_ids: np.ndarray, conf: dict[str, Any] | None = None
+    ) -> list[tuple[int, np.ndarray]]:
+        """[(keyframe_id, (M, 2) matches query keypoint -> keyframe keypoint)] per keyframe."""
         from ..matching import match_mutual_nn
 
+        conf = conf or self.conf
         thresholds = {
             "ratio_threshold": conf["ratio_threshold"],
             "distance_threshold": conf["distance_threshold"],
@@ -382,35 +368,39 @@ class Localizer:
             qdesc = features.extra.get("descriptors_torch")
             if qdesc is None or tuple(qdesc.shape) != features.descriptors.shape:
                 qdesc = features.descriptors  # uploaded once for all keyframes
-            raw = self._matcher.match(qdesc, idx, **thresholds)
+            raw = self._matcher.match(qdesc, keyframe_ids, **thresholds)
         else:
             qdesc = np.ascontiguousarray(features.descriptors, dtype=np.float32)
-            raw = [match_mutual_nn(qdesc, self._kf_desc[i], **thresholds) for i in idx]
+            raw = [match_mutual_nn(qdesc, self._kf_desc[i], **thresholds) for i in keyframe_ids]
         per_kf = []
-        for i, (m, _) in zip(idx, raw):
+        for i, (m, _) in zip(keyframe_ids, raw):
             sel = self._kf_sel[i]
             if sel is not None:  # rows of the 3D-only subset -> keypoint indices
                 m[:, 1] = sel[m[:, 1]]
             per_kf.append((int(i), m))
-        result.num_matches = int(sum(len(m) for _, m in per_kf))
-        timings["matching"] = (time.perf_counter() - t) * 1e3
+        return per_kf
 
-        if conf["rerank"]:
-            t = time.perf_counter()
-            counts = [self._homography_inliers(features.keypoints, i, m) for i, m in per_kf]
-            order = np.argsort(-np.asarray(counts), kind="stable")
-            per_kf = [per_kf[j] for j in order]
-            if conf["rerank_keep"] is not None:
-                per_kf = per_kf[: max(1, int(conf["rerank_keep"]))]
-            result.retrieved = [self.map.keyframe_names[i] for i, _ in per_kf]
-            result.retrieval_scores = [float(sims[j]) for j in order][: len(per_kf)]
-            timings["rerank"] = (time.perf_counter() - t) * 1e3
+    def rerank(
+        self,
+        features: LocalFeatures,
+        per_kf: list[tuple[int, np.ndarray]],
+        scores: np.ndarray,
+        conf: dict[str, Any] | None = None,
+    ) -> tuple[list[tuple[int, np.ndarray]], list[float]]:
+        """`per_kf` and `scores` re-ordered by homography-RANSAC inliers (`rerank_keep` kept)."""
+        conf = conf or self.conf
+        threshold = float(conf["rerank_threshold_px"])
+        counts = [self._homography_inliers(features.keypoints, i, m, threshold) for i, m in per_kf]
+        order = np.argsort(-np.asarray(counts), kind="stable")
+        per_kf = [per_kf[j] for j in order]
+        if conf["rerank_keep"] is not None:
+            per_kf = per_kf[: max(1, int(conf["rerank_keep"]))]
+        return per_kf, [float(scores[j]) for j in order][: len(per_kf)]
 
-        if result.num_matches == 0:
-            result.reason = "no matches between the query and the retrieved keyframes"
-            return done(result)
-
-        t = time.perf_counter()
+    def correspondences(
+        self, per_kf: list[tuple[int, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Unique 2D-3D correspondences (query keypoint ids, map point ids) of the matches."""
         q_idx, p_idx = [], []
         for i, m in per_kf:
             pids = self._kf_pids[i][m[:, 1]]
@@ -423,48 +413,75 @@ class Localizer:
             num_points = max(len(self.map.points3D), 1)
             keys = np.unique(q_idx * num_points + p_idx)
             q_idx, p_idx = keys // num_points, keys % num_points
-        result.num_correspondences = len(q_idx)
-        if len(q_idx) < max(4, int(conf["min_inliers"])):
-            result.reason = (
-                f"too few 2D-3D correspondences ({len(q_idx)} < {max(4, conf['min_inliers'])})"
-            )
-            timings["pose"] = (time.perf_counter() - t) * 1e3
-            return done(result)
+        return q_idx, p_idx
+
+    def estimate_pose(
+        self,
+        features: LocalFeatures,
+        camera: Camera,
+        q_idx: np.ndarray,
+        p_idx: np.ndarray,
+        conf: dict[str, Any],
+        result: LocalizationResult,
+    ) -> None:
+        """PnP-RANSAC + refinement on the correspondences; fills the pose fields of `result`."""
+        min_inliers = int(conf["min_inliers"])
+        if len(q_idx) < max(4, min_inliers):
+            result.reason = f"too few 2D-3D correspondences ({len(q_idx)} < {max(4, min_inliers)})"
+            return
+        ret = self._absolute_pose(features.keypoints[q_idx], self.map.points3D[p_idx], camera, conf)
+        if isinstance(ret, str):
+            result.reason = ret
+            return
+        result.num_inliers = int(ret["num_inliers"])
+        if result.num_inliers < min_inliers:
+            result.reason = f"too few PnP inliers ({result.num_inliers} < {min_inliers})"
+            return
+        result.cam_from_world = Pose.from_pycolmap(ret["cam_from_world"])
+        cov = ret.get("covariance")
+        result.covariance = None if cov is None else np.asarray(cov, dtype=np.float64)
+        result.success = True
+
+    def _absolute_pose(
+        self, points2D: np.ndarray, points3D: np.ndarray, camera: Camera, conf: dict[str, Any]
+    ) -> dict[str, Any] | str:
+        """pycolmap's estimate, or the reason it failed."""
+        import pycolmap
+
         est = pycolmap.AbsolutePoseEstimationOptions()
         est.ransac.max_error = float(conf["ransac_max_error_px"])
         ref = pycolmap.AbsolutePoseRefinementOptions()
         try:
             ret = pycolmap.estimate_and_refine_absolute_pose(
-                features.keypoints[q_idx].astype(np.float64),
-                self.map.points3D[p_idx],
+                points2D.astype(np.float64),
+                points3D,
                 self._camera_pc(camera),
                 est,
                 ref,
                 return_covariance=True,
             )
         except Exception as err:  # numerical trouble inside pycolmap must not escape
-            ret = None
-            result.reason = f"pose estimation raised: {err}"
-        timings["pose"] = (time.perf_counter() - t) * 1e3
-        if ret is None:
-            result.reason = result.reason or "pose estimation failed (RANSAC found no model)"
-            return done(result)
-        result.num_inliers = int(ret["num_inliers"])
-        if result.num_inliers < int(conf["min_inliers"]):
-            result.reason = f"too few PnP inliers ({result.num_inliers} < {conf['min_inliers']})"
-            return done(result)
-        result.cam_from_world = Pose.from_pycolmap(ret["cam_from_world"])
-        cov = ret.get("covariance")
-        result.covariance = None if cov is None else np.asarray(cov, dtype=np.float64)
-        result.success = True
-        return done(result)
+            return f"pose estimation raised: {err}"
+        return "pose estimation failed (RANSAC found no model)" if ret is None else ret
 
-    def _homography_inliers(self, q_kp: np.ndarray, kf: int, matches: np.ndarray) -> int:
+    def _homography_inliers(
+        self, q_kp: np.ndarray, kf: int, matches: np.ndarray, threshold_px: float
+    ) -> int:
         import cv2
 
         if len(matches) < 4:
             return 0
         src = q_kp[matches[:, 0]].astype(np.float32)
         dst = self._kf_kp[kf][matches[:, 1]].astype(np.float32)
-        _, mask = cv2.findHomography(src, dst, cv2.RANSAC, float(self.conf["rerank_threshold_px"]))
+        _, mask = cv2.findHomography(src, dst, cv2.RANSAC, threshold_px)
         return 0 if mask is None else int(mask.sum())
+
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str):
+    """Add the wall time of the block to `timings[key]` (ms)."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t) * 1e3

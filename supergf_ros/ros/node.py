@@ -25,14 +25,13 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point, PoseStamped, PoseWithCovarianceStamped
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from rcl_interfaces.msg import (
     FloatingPointRange,
     IntegerRange,
@@ -49,8 +48,7 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import ColorRGBA
-from visualization_msgs.msg import Marker, MarkerArray
+from visualization_msgs.msg import MarkerArray
 
 from supergf_ros.geometry import Camera
 from supergf_ros.ros.conversions import (
@@ -58,6 +56,13 @@ from supergf_ros.ros.conversions import (
     covariance_to_ros,
     image_to_numpy,
     pose_to_ros,
+)
+from supergf_ros.ros.markers import map_markers
+from supergf_ros.ros.parameters import (
+    PARAMETERS,
+    NodeParam,
+    localizer_conf,
+    validate_parameter,
 )
 
 try:
@@ -73,137 +78,38 @@ except ImportError:  # TF is optional (tf2_msgs is not on PyPI; scripts/build_ms
     TFMessage = None
 
 NODE_NAME = "localizer"
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-DEVICES = ("auto", "cpu", "cuda")
-FALLBACK_INTRINSICS = ("none", "map", "parameters")
 
 
 class StartupError(RuntimeError):
     """The node cannot start (bad parameters, missing/incompatible map or weights)."""
 
 
-@dataclass
-class _Param:
-    default: Any
-    description: str
-    read_only: bool = True
-    int_range: tuple[int, int] | None = None
-    float_range: tuple[float, float] | None = None
-    choices: tuple[str, ...] | None = None
-
-
-# name -> declaration. read_only=False ones may change at run time (validated).
-PARAMETERS: dict[str, _Param] = {
-    "map_path": _Param("", "Map file (.h5) written by `supergf-ros build-map`. Required."),
-    "superpoint_weights": _Param(
-        "", "SuperPoint weights (superpoint_v1.pth); empty: $SUPERGF_SUPERPOINT_WEIGHTS."
-    ),
-    "supergf_weights": _Param("", "SuperGF checkpoint; empty: the one the map was built with."),
-    "backend": _Param(
-        "auto",
-        "Inference backend of SuperPoint and SuperGF: auto | torch | onnxruntime | tensorrt. "
-        "auto: TensorRT > ONNX Runtime CUDA > PyTorch CUDA > ONNX Runtime CPU > PyTorch CPU, "
-        "the first available (the choice and why are logged and in /diagnostics).",
-        choices=BACKENDS,
-    ),
-    "device": _Param("auto", "Compute device of the networks: auto | cpu | cuda.", choices=DEVICES),
-    "max_keypoints": _Param(
-        -1, "Query keypoints cap; -1: as the map was built.", int_range=(-1, 16384)
-    ),
-    "resize_max": _Param(
-        0, "Resize queries so the longer side is at most this; 0: as the map.", int_range=(0, 8192)
-    ),
-    "top_k": _Param(5, "Keyframes retrieved per frame.", False, int_range=(1, 100)),
-    "rerank": _Param(False, "Re-rank retrieved keyframes by homography inliers.", False),
-    "ratio_threshold": _Param(
-        0.0, "Lowe ratio test on top of mutual NN; 0: off.", False, float_range=(0.0, 1.0)
-    ),
-    "min_inliers": _Param(
-        12, "Fewer PnP inliers is a failed localization.", False, int_range=(4, 100000)
-    ),
-    "ransac_max_error_px": _Param(
-        12.0, "PnP-RANSAC reprojection threshold (px).", False, float_range=(0.1, 100.0)
-    ),
-    "image_topic": _Param("image", "Camera image topic (sensor_msgs/Image)."),
-    "camera_info_topic": _Param("camera_info", "Camera intrinsics topic (sensor_msgs/CameraInfo)."),
-    "map_frame": _Param("map", "Frame of the map; poses and markers are expressed in it."),
-    "camera_frame": _Param("", "Camera frame for TF; empty: the image's header.frame_id."),
-    "publish_tf": _Param(False, "Broadcast map_frame -> camera frame on /tf.", False),
-    "max_rate_hz": _Param(
-        0.0,
-        "Process at most this many frames per second; 0: no cap.",
-        False,
-        float_range=(0.0, 1000.0),
-    ),
-    "fallback_intrinsics": _Param(
-        "none",
-        "Intrinsics without CameraInfo: none (frame fails) | map (the map's camera of the same "
-        "image size/aspect) | parameters (`intrinsics`).",
-        choices=FALLBACK_INTRINSICS,
-    ),
-    "intrinsics": _Param(
-        [0.0, 0.0, 0.0, 0.0], "Fallback PINHOLE intrinsics [fx, fy, cx, cy] (pixel-centre)."
-    ),
-    "publish_map_markers": _Param(True, "Publish the latched map MarkerArray."),
-    "marker_max_points": _Param(
-        50000, "At most this many 3D points in the map markers.", int_range=(0, 10000000)
-    ),
-    "frustum_scale": _Param(
-        0.0, "Keyframe frustum depth in map units; 0: automatic.", float_range=(0.0, 1000.0)
-    ),
-    "warmup": _Param(True, "Run one dummy frame at start-up so the first real one is fast."),
-    "diagnostics_period_s": _Param(1.0, "Period of /diagnostics.", float_range=(0.05, 60.0)),
-}
-
-# node parameter -> Localizer option (with the "off" value mapped to None)
-_LOCALIZER_KEYS = {
-    "top_k": ("top_k", None),
-    "rerank": ("rerank", None),
-    "ratio_threshold": ("ratio_threshold", 0.0),
-    "min_inliers": ("min_inliers", None),
-    "ransac_max_error_px": ("ransac_max_error_px", None),
-    "max_keypoints": ("max_keypoints", -1),
-    "resize_max": ("resize_max", 0),
-    "superpoint_weights": ("superpoint_weights", ""),
-    "supergf_weights": ("supergf_weights", ""),
-    "backend": ("backend", None),
-    "device": ("device", None),
-}
-
-
-def _descriptor(name: str, p: _Param) -> ParameterDescriptor:
+def _descriptor(name: str, p: NodeParam) -> ParameterDescriptor:
     d = ParameterDescriptor(name=name, description=p.description, read_only=p.read_only)
-    if p.int_range is not None:
-        d.integer_range = [IntegerRange(from_value=p.int_range[0], to_value=p.int_range[1], step=0)]
-    if p.float_range is not None:
-        d.floating_point_range = [
-            FloatingPointRange(from_value=p.float_range[0], to_value=p.float_range[1], step=0.0)
-        ]
+    if p.bounds is not None and isinstance(p.default, int) and not isinstance(p.default, bool):
+        lo, hi = (int(v) for v in p.bounds)
+        d.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=0)]
+    elif p.bounds is not None and isinstance(p.default, float):
+        lo, hi = (float(v) for v in p.bounds)
+        d.floating_point_range = [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]
     if p.choices:
         d.additional_constraints = "one of: " + ", ".join(p.choices)
     return d
 
 
-def validate_parameter(name: str, value: Any) -> str:
-    """'' if `value` is valid for parameter `name`, else the reason (beyond type/range checks)."""
-    p = PARAMETERS.get(name)
-    if p is None:
-        return ""
-    if p.choices and value not in p.choices:
-        return f"{name} must be one of {list(p.choices)}, got '{value}'"
-    if p.int_range and not (p.int_range[0] <= int(value) <= p.int_range[1]):
-        return f"{name} must be in [{p.int_range[0]}, {p.int_range[1]}], got {value}"
-    if p.float_range and not (p.float_range[0] <= float(value) <= p.float_range[1]):
-        return f"{name} must be in [{p.float_range[0]}, {p.float_range[1]}], got {value}"
-    if name in ("image_topic", "camera_info_topic", "map_frame") and not str(value).strip():
-        return f"{name} must not be empty"
-    if name == "max_keypoints" and 0 <= int(value) < 16:
-        return f"max_keypoints must be -1 (as the map) or >= 16, got {value}"
-    if name == "intrinsics":
-        vals = list(value)
-        if len(vals) != 4 or not np.all(np.isfinite(vals)):
-            return f"intrinsics must be 4 finite numbers [fx, fy, cx, cy], got {vals}"
-    return ""
+def _ints_as_floats(params: list[Parameter]) -> list[Parameter]:
+    """Pre-set callback: an integer given for a float parameter (`max_rate_hz 2`) is a float."""
+    out = []
+    for param in params:
+        spec = PARAMETERS.get(param.name)
+        if (
+            spec is not None
+            and isinstance(spec.default, float)
+            and (param.type_ == Parameter.Type.INTEGER)
+        ):
+            param = Parameter(param.name, Parameter.Type.DOUBLE, float(param.value))
+        out.append(param)
+    return out
 
 
 class LocalizerNode(Node):
@@ -226,7 +132,9 @@ class LocalizerNode(Node):
         self._recent: deque[tuple[float, float, bool]] = deque(maxlen=200)  # (t, latency, ok)
         self._localizer = None
 
+        self.add_pre_set_parameters_callback(_ints_as_floats)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._on_parameters_set)
         try:
             for name, p in PARAMETERS.items():
                 self.declare_parameter(name, p.default, _descriptor(name, p))
@@ -246,28 +154,25 @@ class LocalizerNode(Node):
 
     # -- parameters ---------------------------------------------------------------------------
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Validation only (rclpy's on-set callback); `_on_parameters_set` applies."""
         for param in params:
             reason = validate_parameter(param.name, param.value)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
-        if self._localizer is not None:  # runtime change: apply to the running localizer
-            with self._lock:
-                for param in params:
-                    self.params[param.name] = param.value
-                    if param.name in _LOCALIZER_KEYS:
-                        key, off = _LOCALIZER_KEYS[param.name]
-                        self._localizer.conf[key] = None if param.value == off else param.value
-            self.get_logger().info(
-                "parameters changed: " + ", ".join(f"{p.name}={p.value}" for p in params)
-            )
         return SetParametersResult(successful=True)
 
-    def _localizer_conf(self) -> dict[str, Any]:
-        conf = {}
-        for name, (key, off) in _LOCALIZER_KEYS.items():
-            value = self.params[name]
-            conf[key] = None if (off is not None and value == off) else value
-        return conf
+    def _on_parameters_set(self, params: list[Parameter]) -> None:
+        if self._localizer is None:  # declarations at start-up: read once in __init__
+            return
+        changes = {p.name: p.value for p in params}
+        with self._lock:
+            self.params.update(changes)
+        localizer_changes = localizer_conf(changes)
+        if localizer_changes:  # checked in _on_set_parameters: update() cannot refuse them
+            self._localizer.update(**localizer_changes)
+        self.get_logger().info(
+            "parameters changed: " + ", ".join(f"{p.name}={p.value}" for p in params)
+        )
 
     def _load_localizer(self) -> None:
         map_path = str(self.params["map_path"]).strip()
@@ -286,7 +191,7 @@ class LocalizerNode(Node):
         except (FileNotFoundError, ValueError, KeyError, OSError) as err:
             raise StartupError(f"cannot load map {map_path}: {err}") from err
         try:
-            self._localizer = Localizer(map_data, self._localizer_conf())
+            self._localizer = Localizer(map_data, localizer_conf(self.params))
         except (FileNotFoundError, ValueError, KeyError, OSError) as err:
             raise StartupError(f"cannot set up localization with map {map_path}: {err}") from err
         info = self._localizer.backend_info
@@ -333,7 +238,14 @@ class LocalizerNode(Node):
         )
         self._marker_pub = self.create_publisher(MarkerArray, "map_markers", latched)
         if self.params["publish_map_markers"]:
-            self._marker_pub.publish(self._map_markers())
+            self._marker_pub.publish(
+                map_markers(
+                    self._localizer.map,
+                    self.params["map_frame"],
+                    float(self.params["frustum_scale"]),
+                    int(self.params["marker_max_points"]),
+                )
+            )
 
         self._image_sub = self.create_subscription(
             Image, self.params["image_topic"], self._on_image, qos_profile_sensor_data
@@ -550,51 +462,6 @@ class LocalizerNode(Node):
         arr.status = [st]
         self._diag_pub.publish(arr)
 
-    def _map_markers(self) -> MarkerArray:
-        m = self._localizer.map
-        frame = self.params["map_frame"]
-        centers = np.array([p.center for p in m.cam_from_world]).reshape(-1, 3)
-        scale = float(self.params["frustum_scale"])
-        if scale <= 0:
-            extent = float(np.linalg.norm(np.ptp(centers, axis=0))) if len(centers) > 1 else 1.0
-            scale = max(0.05, 0.05 * extent)
-        frusta = Marker()
-        frusta.header.frame_id = frame
-        frusta.ns, frusta.id, frusta.type = "keyframes", 0, Marker.LINE_LIST
-        frusta.action = Marker.ADD
-        frusta.pose.orientation.w = 1.0
-        frusta.scale.x = scale * 0.03
-        frusta.color = ColorRGBA(r=0.1, g=0.6, b=1.0, a=1.0)
-        for cam, pose in zip(m.cameras, m.cam_from_world):
-            K_inv = np.linalg.inv(cam.K)
-            corners = np.array(
-                [
-                    [-0.5, -0.5],
-                    [cam.width - 0.5, -0.5],
-                    [cam.width - 0.5, cam.height - 0.5],
-                    [-0.5, cam.height - 0.5],
-                ]
-            )
-            rays = (K_inv @ np.c_[corners, np.ones(4)].T).T * scale
-            world = pose.inverse().transform(rays)
-            apex = pose.center
-            for i in range(4):
-                frusta.points += [_point(apex), _point(world[i])]
-                frusta.points += [_point(world[i]), _point(world[(i + 1) % 4])]
-        points = Marker()
-        points.header.frame_id = frame
-        points.ns, points.id, points.type = "points3D", 0, Marker.POINTS
-        points.action = Marker.ADD
-        points.pose.orientation.w = 1.0
-        points.scale.x = points.scale.y = scale * 0.05
-        points.color = ColorRGBA(r=0.9, g=0.9, b=0.9, a=0.8)
-        xyz = np.asarray(m.points3D, dtype=np.float64).reshape(-1, 3)
-        limit = int(self.params["marker_max_points"])
-        if len(xyz) > limit:
-            xyz = xyz[np.random.default_rng(0).choice(len(xyz), limit, replace=False)]
-        points.points = [_point(p) for p in xyz]
-        return MarkerArray(markers=[frusta, points])
-
     def shutdown(self) -> None:
         """Stop the worker thread (call before destroy_node)."""
         with self._lock:
@@ -602,10 +469,6 @@ class LocalizerNode(Node):
             self._lock.notify_all()
         if self._worker.is_alive():
             self._worker.join(timeout=30.0)
-
-
-def _point(xyz: np.ndarray) -> Point:
-    return Point(x=float(xyz[0]), y=float(xyz[1]), z=float(xyz[2]))
 
 
 def main(args: list[str] | None = None) -> int:

@@ -1,0 +1,143 @@
+"""The Localizer's options: the one home of their defaults, ranges and meaning.
+
+`Localizer.default_conf`, the node's parameters, `config/localize.yaml` and the `localize`
+command all read `OPTIONS`; `check_conf` is the one validation of a configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .retrieval import INDEX_KINDS
+
+BACKEND_OPTIONS = ("auto", "torch", "onnxruntime", "tensorrt")
+DEVICE_OPTIONS = ("auto", "cpu", "cuda")
+AUTO_BACKEND_ORDER = "TensorRT > ONNX Runtime CUDA > PyTorch CUDA > ONNX Runtime CPU > PyTorch CPU"
+MATCH_BACKENDS = ("auto", "numpy", "torch")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option. `kind` is bool, int, float or str; `off` is the ROS parameter value that
+    stands for None (ROS parameters have no None); `runtime`: may change on a running localizer."""
+
+    default: Any
+    kind: type
+    description: str
+    runtime: bool = False
+    bounds: tuple[float, float] | None = None
+    choices: tuple[str, ...] | None = None
+    off: Any = None
+
+    @property
+    def ros_default(self) -> Any:
+        return self.off if self.default is None else self.default
+
+
+OPTIONS: dict[str, Option] = {
+    "top_k": Option(5, int, "Keyframes retrieved per query.", True, (1, 100)),
+    "rerank": Option(False, bool, "Re-rank retrieved keyframes by homography inliers.", True),
+    "rerank_keep": Option(
+        None, int, "Keyframes kept after re-ranking; 0: all.", True, (1, 100), off=0
+    ),
+    "rerank_threshold_px": Option(
+        8.0, float, "Homography RANSAC threshold of re-ranking (px).", True, (0.1, 100.0)
+    ),
+    "ratio_threshold": Option(
+        None, float, "Lowe ratio test on top of mutual NN; 0: off.", True, (0.01, 1.0), off=0.0
+    ),
+    "distance_threshold": Option(
+        None,
+        float,
+        "Largest descriptor distance of a match; 0: no limit.",
+        True,
+        (1e-3, 4.0),
+        off=0.0,
+    ),
+    "min_inliers": Option(
+        12, int, "Fewer PnP inliers is a failed localization.", True, (4, 100000)
+    ),
+    "ransac_max_error_px": Option(
+        12.0, float, "PnP-RANSAC reprojection threshold (px).", True, (0.1, 100.0)
+    ),
+    "max_keypoints": Option(
+        None, int, "Query keypoints cap; -1: as the map was built.", bounds=(16, 16384), off=-1
+    ),
+    "resize_max": Option(
+        None, int, "Longer query side in px; 0: as the map was built.", bounds=(16, 8192), off=0
+    ),
+    "superpoint_weights": Option(
+        None,
+        str,
+        "SuperPoint weights (superpoint_v1.pth); empty: $SUPERGF_SUPERPOINT_WEIGHTS.",
+        off="",
+    ),
+    "supergf_weights": Option(
+        None, str, "SuperGF checkpoint; empty: the shipped one the map was built with.", off=""
+    ),
+    "backend": Option(
+        "auto",
+        str,
+        f"Inference backend of the networks; auto: {AUTO_BACKEND_ORDER}, the first "
+        "available (the choice and why are logged).",
+        choices=BACKEND_OPTIONS,
+    ),
+    "device": Option("auto", str, "Compute device of the networks: auto | cpu | cuda | cuda:N."),
+    "match_3d_only": Option(
+        True, bool, "Match only keyframe keypoints that have a 3D point (about 40% less work)."
+    ),
+    "index": Option("auto", str, "Retrieval index: auto | flat | hnsw.", choices=INDEX_KINDS),
+    "match_backend": Option(
+        "auto",
+        str,
+        "Matching on numpy (host) or torch (the networks' device); auto: torch on "
+        "CUDA, numpy on CPU.",
+        choices=MATCH_BACKENDS,
+    ),
+}
+
+
+def check_value(name: str, value: Any) -> Any:
+    """`value` of option `name` in its canonical type (None stays None), or ValueError."""
+    opt = OPTIONS.get(name)
+    if opt is None:
+        raise ValueError(f"unknown localizer option '{name}'; valid: {sorted(OPTIONS)}")
+    if value is None:
+        if opt.default is not None:
+            raise ValueError(f"{name} cannot be None")
+        return None
+    value = _coerce(name, opt, value)
+    if opt.choices and value not in opt.choices:
+        raise ValueError(f"unknown {name} '{value}': {name} must be one of {list(opt.choices)}")
+    if opt.bounds and not opt.bounds[0] <= value <= opt.bounds[1]:
+        lo, hi = opt.bounds
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _coerce(name: str, opt: Option, value: Any) -> Any:
+    if opt.kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return value
+    if opt.kind is str:
+        return str(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if opt.kind is int and float(value) != int(value):
+        raise ValueError(f"{name} must be an integer, got {value}")
+    return opt.kind(value)
+
+
+def check_conf(conf: dict[str, Any]) -> dict[str, Any]:
+    """A checked copy of `conf` (a subset of OPTIONS), values in their canonical types."""
+    return {name: check_value(name, value) for name, value in conf.items()}
+
+
+def from_ros(name: str, value: Any) -> Any:
+    """A ROS parameter value of option `name` as a Localizer value (`off` -> None)."""
+    opt = OPTIONS[name]
+    if opt.off is not None and value == opt.off and type(value) is type(opt.off):
+        return None
+    return value

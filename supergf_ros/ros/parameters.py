@@ -1,0 +1,105 @@
+"""The node's parameters: the Localizer's options (`localization.config.OPTIONS`) plus the
+node's own. ROS-free, so `config/localize.yaml` can be checked against it without rclpy."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..localization.config import OPTIONS, check_value, from_ros
+
+
+@dataclass(frozen=True)
+class NodeParam:
+    default: Any
+    description: str
+    read_only: bool = True
+    bounds: tuple[float, float] | None = None
+    choices: tuple[str, ...] | None = None
+    localizer: bool = False  # an option of the Localizer (checked and applied by it)
+
+
+FALLBACK_INTRINSICS = ("none", "map", "parameters")
+
+_NODE_ONLY: dict[str, NodeParam] = {
+    "map_path": NodeParam("", "Map file (.h5) written by `supergf-ros build-map`. Required."),
+    "image_topic": NodeParam("image", "Camera image topic (sensor_msgs/Image)."),
+    "camera_info_topic": NodeParam(
+        "camera_info", "Camera intrinsics topic (sensor_msgs/CameraInfo)."
+    ),
+    "map_frame": NodeParam("map", "Frame of the map; poses and markers are expressed in it."),
+    "camera_frame": NodeParam("", "Camera frame for TF; empty: the image's header.frame_id."),
+    "publish_tf": NodeParam(False, "Broadcast map_frame -> camera frame on /tf.", False),
+    "max_rate_hz": NodeParam(
+        0.0, "Process at most this many frames per second; 0: no cap.", False, (0.0, 1000.0)
+    ),
+    "fallback_intrinsics": NodeParam(
+        "none",
+        "Intrinsics without CameraInfo: none (frame fails) | map (the map's camera of the same "
+        "image size/aspect) | parameters (`intrinsics`).",
+        choices=FALLBACK_INTRINSICS,
+    ),
+    "intrinsics": NodeParam(
+        [0.0, 0.0, 0.0, 0.0], "Fallback PINHOLE intrinsics [fx, fy, cx, cy] (pixel-centre)."
+    ),
+    "publish_map_markers": NodeParam(True, "Publish the latched map MarkerArray."),
+    "marker_max_points": NodeParam(
+        50000, "At most this many 3D points in the map markers.", bounds=(0, 10000000)
+    ),
+    "frustum_scale": NodeParam(
+        0.0, "Keyframe frustum depth in map units; 0: automatic.", bounds=(0.0, 1000.0)
+    ),
+    "warmup": NodeParam(True, "Run one dummy frame at start-up so the first real one is fast."),
+    "diagnostics_period_s": NodeParam(1.0, "Period of /diagnostics.", bounds=(0.05, 60.0)),
+}
+
+
+def _from_option(name: str) -> NodeParam:
+    opt = OPTIONS[name]
+    bounds = opt.bounds
+    if bounds is not None and opt.off is not None:  # the "off" value is in range for ROS
+        bounds = (min(bounds[0], opt.off), max(bounds[1], opt.off))
+    return NodeParam(
+        opt.ros_default, opt.description, not opt.runtime, bounds, opt.choices, localizer=True
+    )
+
+
+PARAMETERS: dict[str, NodeParam] = {
+    "map_path": _NODE_ONLY["map_path"],
+    **{name: _from_option(name) for name in OPTIONS},
+    **{k: v for k, v in _NODE_ONLY.items() if k != "map_path"},
+}
+
+
+def validate_parameter(name: str, value: Any) -> str:
+    """'' if `value` is valid for parameter `name`, else the reason."""
+    p = PARAMETERS.get(name)
+    if p is None:
+        return ""
+    if p.localizer:
+        try:
+            check_value(name, from_ros(name, value))
+        except ValueError as err:
+            return str(err)
+        return ""
+    if p.choices and value not in p.choices:
+        return f"unknown {name} '{value}': {name} must be one of {list(p.choices)}"
+    if p.bounds and not (p.bounds[0] <= value <= p.bounds[1]):
+        return f"{name} must be in [{p.bounds[0]}, {p.bounds[1]}], got {value}"
+    if name in ("image_topic", "camera_info_topic", "map_frame") and not str(value).strip():
+        return f"{name} must not be empty"
+    if name == "intrinsics":
+        vals = list(value)
+        if len(vals) != 4 or not all(math.isfinite(v) for v in vals):
+            return f"intrinsics must be 4 finite numbers [fx, fy, cx, cy], got {vals}"
+    return ""
+
+
+def localizer_conf(params: dict[str, Any]) -> dict[str, Any]:
+    """The Localizer options among node parameter values (`off` values -> None)."""
+    return {
+        name: from_ros(name, value)
+        for name, value in params.items()
+        if name in PARAMETERS and PARAMETERS[name].localizer
+    }
