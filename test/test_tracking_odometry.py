@@ -10,6 +10,7 @@ from supergf_ros.tracking import (
     OdometryNoise,
     OdometryPropagator,
     compose_map_from_odom,
+    covariance_of_attached_frame,
     propagate_covariance,
 )
 from supergf_ros.tracking.lie import rotvec_to_quat, so3_exp
@@ -129,3 +130,19 @@ def test_out_of_order_stamp_uses_straight_segment() -> None:
         prop.set_fix(0, Pose.identity(), np.eye(3), Pose.identity())
     prop.reset()
     assert not prop.has_fix
+
+
+def test_covariance_of_attached_frame_round_trips() -> None:
+    map_from_cam = pose([0.3, -0.1, 1.2], [4.0, 1.0, 1.5])
+    base_from_cam = pose([-1.2, 0.0, -1.57], [0.5, 0.0, 1.0])
+    map_from_base = map_from_cam * base_from_cam.inverse()
+    A = np.random.default_rng(1).normal(size=(6, 6))
+    cov_cam = A @ A.T * 1e-3
+    cov_base = covariance_of_attached_frame(cov_cam, map_from_cam, map_from_base)
+    np.testing.assert_allclose(cov_base[3:, 3:], cov_cam[3:, 3:])  # rotation block unchanged
+    back = covariance_of_attached_frame(cov_base, map_from_base, map_from_cam)
+    np.testing.assert_allclose(back, cov_cam, atol=1e-15)
+    lever = np.linalg.norm(map_from_base.tvec - map_from_cam.tvec)
+    yaw_only = np.diag([0, 0, 0, 0, 0, 1e-4])
+    grown = covariance_of_attached_frame(yaw_only, map_from_cam, map_from_base)
+    assert np.trace(grown[:3, :3]) <= lever**2 * 1e-4 + 1e-18

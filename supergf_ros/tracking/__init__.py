@@ -9,6 +9,7 @@ from .odometry import (
     OdometryPropagator,
     Prediction,
     compose_map_from_odom,
+    covariance_of_attached_frame,
     propagate_covariance,
 )
 from .tf_buffer import (
@@ -35,6 +36,7 @@ __all__ = [
     "UnknownFrameError",
     "chi2_threshold",
     "compose_map_from_odom",
+    "covariance_of_attached_frame",
     "gate",
     "pose_error_vector",
     "pose_mahalanobis",

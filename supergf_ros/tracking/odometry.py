@@ -43,7 +43,20 @@ def propagate_covariance(covariance: np.ndarray, displacement: np.ndarray) -> np
     """J P J^T for a pose moved by `displacement` (map frame) after the fix, J as documented."""
     J = np.eye(6)
     J[:3, 3:] = -skew(displacement)
-    return J @ check_covariance(covariance) @ J.T
+    out = J @ check_covariance(covariance) @ J.T
+    return 0.5 * (out + out.T)
+
+
+def covariance_of_attached_frame(
+    covariance: np.ndarray, map_from_a: Pose, map_from_b: Pose
+) -> np.ndarray:
+    """Covariance of frame b rigidly attached to frame a, from the covariance of a.
+
+    E.g. a camera fix (``conversions.covariance_to_ros`` gives this module's convention for
+    ``map_from_cam``) to the base: ``covariance_of_attached_frame(cov, map_from_cam,
+    map_from_base)``. The rotation block is unchanged; position picks up the lever arm.
+    """
+    return propagate_covariance(covariance, map_from_b.tvec - map_from_a.tvec)
 
 
 @dataclass(frozen=True)
