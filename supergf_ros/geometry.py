@@ -209,3 +209,28 @@ def pose_error(cam_from_world_est: Pose, cam_from_world_gt: Pose) -> tuple[float
     R_rel = cam_from_world_est.R @ cam_from_world_gt.R.T
     cos = np.clip((np.trace(R_rel) - 1.0) / 2.0, -1.0, 1.0)
     return dt, float(np.degrees(np.arccos(cos)))
+
+
+def world_from_cam_covariance(cam_from_world: Pose, covariance: np.ndarray) -> np.ndarray:
+    """6x6 pose covariance from pycolmap's `cam_from_world` parameterization to the map frame's.
+
+    Input (pycolmap `estimate_and_refine_absolute_pose`): order (rotation, translation); the
+    rotation block is Ceres' quaternion-manifold tangent, `q' = [cos|d|, sin|d| d/|d|] * q` (a
+    rotation of 2|d| about camera axes); the translation block perturbs `t` additively.
+    Output (as `geometry_msgs/PoseWithCovariance`): order (x, y, z, rot_x, rot_y, rot_z) of the
+    camera in the map: position = camera centre, rotation = a small rotation vector about the map
+    axes (R_wc' = Exp(theta) R_wc). With R, t = cam_from_world and w = 2d: c = -R^T t, so to first
+    order dc = -R^T [t]x w - R^T dt and theta = -R^T w.
+    """
+    cov = np.asarray(covariance, dtype=np.float64)
+    if cov.shape != (6, 6) or not np.isfinite(cov).all():
+        raise ValueError(f"covariance must be a finite 6x6 matrix, got shape {cov.shape}")
+    R = cam_from_world.R
+    t = cam_from_world.tvec
+    t_cross = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+    J = np.zeros((6, 6))
+    J[:3, :3] = -2.0 * R.T @ t_cross
+    J[:3, 3:] = -R.T
+    J[3:, :3] = -2.0 * R.T
+    out = J @ cov @ J.T
+    return 0.5 * (out + out.T)

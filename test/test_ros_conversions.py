@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from supergf_ros.geometry import Camera, Pose
+from supergf_ros.geometry import world_from_cam_covariance as covariance_to_ros
 from supergf_ros.ros.conversions import (
     SUPPORTED_ENCODINGS,
     camera_info_to_camera,
     camera_to_camera_info_fields,
-    covariance_to_ros,
     image_to_numpy,
     numpy_to_image_fields,
     pose_to_ros,

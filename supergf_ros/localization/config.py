@@ -95,6 +95,50 @@ OPTIONS: dict[str, Option] = {
         "CUDA, numpy on CPU.",
         choices=MATCH_BACKENDS,
     ),
+    "tracking_keyframes": Option(
+        3,
+        int,
+        "With a pose prior: keyframes nearest the predicted pose that are matched.",
+        True,
+        (1, 50),
+    ),
+    "tracking_global_k": Option(
+        2,
+        int,
+        "With a pose prior: best global-retrieval keyframes matched as well.",
+        True,
+        (0, 100),
+    ),
+    "tracking_max_angle_deg": Option(
+        60.0,
+        float,
+        "With a pose prior: largest viewing-direction difference of a candidate keyframe (deg).",
+        True,
+        (1.0, 180.0),
+    ),
+    "gate_probability": Option(
+        0.999,
+        float,
+        "With a pose prior: a fix outside this chi-square quantile (6 dof) of the "
+        "prior + fix covariance is rejected.",
+        True,
+        (0.5, 0.999999),
+    ),
+    # calibrated on KITTI 01 (map: every 5th left frame, queries: right frames): NEES mean 5.6
+    # (6 is ideal), all fixes inside the 99% ellipsoid; pycolmap's covariance alone: NEES 305
+    "fix_sigma_scale": Option(
+        4.0,
+        float,
+        "Published fix covariance = scale^2 x PnP covariance + floor (calibrated).",
+        True,
+        (0.01, 1000.0),
+    ),
+    "fix_sigma_floor_m": Option(
+        0.0, float, "Position sigma added to every fix's covariance (m).", True, (0.0, 100.0)
+    ),
+    "fix_sigma_floor_deg": Option(
+        0.05, float, "Rotation sigma added to every fix's covariance (deg).", True, (0.0, 90.0)
+    ),
 }
 
 

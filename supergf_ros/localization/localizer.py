@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 
 from ..features.base import LocalFeatures, validate_image
-from ..geometry import Camera, Pose
+from ..geometry import Camera, Pose, world_from_cam_covariance
 from ..mapping.map_format import RUNTIME_OPTIONS, MapData, read_map
+from ..mapping.spatial_index import KeyframeSpatialIndex
+from ..tracking.gate import GateResult, gate
 from .config import OPTIONS, check_conf, check_value
 from .retrieval import GlobalIndex
 
@@ -34,7 +36,10 @@ class LocalizationResult:
     """Outcome of one query; a failure is a result with `success=False` and a `reason`.
 
     `covariance` is the 6x6 covariance of the refined pose from pycolmap, rotation first (3,
-    axis-angle perturbation) then translation (3), in the `cam_from_world` parameterization.
+    axis-angle perturbation) then translation (3), in the `cam_from_world` parameterization;
+    `map_covariance` the calibrated covariance of the camera in the map, order (x, y, z, rot_x,
+    rot_y, rot_z) as ROS (`geometry.world_from_cam_covariance`). `mode` is "global" or
+    "tracking" (a pose prior chose the candidates); `gate` the prior check of a tracking fix.
     """
 
     success: bool
@@ -47,6 +52,9 @@ class LocalizationResult:
     retrieved: list[str] = field(default_factory=list)
     retrieval_scores: list[float] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    mode: str = "global"
+    map_covariance: np.ndarray | None = None
+    gate: GateResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serializable dict (pose as qvec w-first + tvec, cam_from_world)."""
@@ -67,7 +75,19 @@ class LocalizationResult:
             "retrieved": list(self.retrieved),
             "retrieval_scores": [float(s) for s in self.retrieval_scores],
             "timings_ms": {k: round(float(v), 3) for k, v in self.timings_ms.items()},
+            "mode": self.mode,
+            "map_covariance": None if self.map_covariance is None else self.map_covariance.tolist(),
+            "gate": None if self.gate is None else self.gate._asdict(),
         }
+
+
+@dataclass(frozen=True)
+class PosePrior:
+    """Where the camera probably is: `cam_from_world` and the 6x6 covariance of the camera in
+    the map, order (x, y, z, rot_x, rot_y, rot_z) as `LocalizationResult.map_covariance`."""
+
+    cam_from_world: Pose
+    covariance: np.ndarray
 
 
 class Localizer:
@@ -87,6 +107,7 @@ class Localizer:
         self.extractor = self._build_extractor()
         self.aggregator = self._build_aggregator()
         self.index = GlobalIndex(map_data.global_descriptors, kind=self.conf["index"])
+        self.spatial_index = KeyframeSpatialIndex(map_data.cam_from_world)
         self._prepare_keyframes()
         self._matcher = self._build_matcher()
         self._pycolmap_cameras: dict[Camera, Any] = {}
@@ -272,11 +293,16 @@ class Localizer:
         return cam
 
     def localize(
-        self, image: np.ndarray, camera: Camera, top_k: int | None = None
+        self,
+        image: np.ndarray,
+        camera: Camera,
+        top_k: int | None = None,
+        prior: PosePrior | None = None,
     ) -> LocalizationResult:
         """Localize one image (HxW gray or HxWx3 RGB uint8) taken with `camera`.
 
-        `top_k` overrides the configured number of retrieved keyframes for this call.
+        `top_k` overrides the configured number of retrieved keyframes for this call; with a
+        `prior` the candidates come from around it (tracking mode) and the fix is gated by it.
         Raises ValueError only for a malformed image or camera; failures are results.
         """
         image = validate_image(image)
@@ -291,13 +317,17 @@ class Localizer:
         t0 = time.perf_counter()
         features = self.extractor.extract(image)
         t_extract = (time.perf_counter() - t0) * 1e3
-        result = self.localize_features(features, camera, top_k=top_k)
+        result = self.localize_features(features, camera, top_k=top_k, prior=prior)
         result.timings_ms["extract"] = t_extract
         result.timings_ms["total"] += t_extract
         return result
 
     def localize_features(
-        self, features: LocalFeatures, camera: Camera, top_k: int | None = None
+        self,
+        features: LocalFeatures,
+        camera: Camera,
+        top_k: int | None = None,
+        prior: PosePrior | None = None,
     ) -> LocalizationResult:
         """Localize from already extracted query features (all stages after extraction)."""
         conf = self.conf  # one configuration for the whole query (update() may replace it)
@@ -307,16 +337,22 @@ class Localizer:
         with _timed(timings, "global"):
             gdesc = self.aggregator(features)
         with _timed(timings, "retrieval"):
-            keyframe_ids, scores = self.retrieve(gdesc, top_k)
+            if prior is None:
+                keyframe_ids, scores = self.retrieve(gdesc, top_k)
+            else:
+                keyframe_ids, scores = self.candidates_near(prior, gdesc, conf)
         result = LocalizationResult(
             success=False,
             retrieved=[self.map.keyframe_names[i] for i in keyframe_ids],
             retrieval_scores=[float(s) for s in scores],
+            mode="global" if prior is None else "tracking",
         )
         if len(features) == 0:
             result.reason = "no keypoints detected in the query image"
         else:
             self._match_and_estimate(features, camera, keyframe_ids, scores, conf, result, timings)
+        if result.success:
+            self._calibrate_and_gate(result, prior, conf)
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         result.timings_ms = timings
         return result
@@ -348,10 +384,55 @@ class Localizer:
             result.num_correspondences = len(q_idx)
             self.estimate_pose(features, camera, q_idx, p_idx, conf, result)
 
+    def _calibrate_and_gate(
+        self, result: LocalizationResult, prior: PosePrior | None, conf: dict[str, Any]
+    ) -> None:
+        """The calibrated map-frame covariance of a fix, and its check against the prior."""
+        if result.covariance is not None and np.isfinite(result.covariance).all():
+            cov = world_from_cam_covariance(result.cam_from_world, result.covariance)
+        else:  # no estimate from the refinement: "unknown but large", never certain
+            cov = np.diag([1e3] * 6)
+        floor = [conf["fix_sigma_floor_m"]] * 3 + [np.radians(conf["fix_sigma_floor_deg"])] * 3
+        result.map_covariance = conf["fix_sigma_scale"] ** 2 * cov + np.diag(np.square(floor))
+        if prior is None:
+            return
+        result.gate = gate(
+            result.cam_from_world.inverse(),
+            prior.cam_from_world.inverse(),
+            prior.covariance,
+            meas_cov=result.map_covariance,
+            probability=conf["gate_probability"],
+        )
+        if not result.gate.accepted:
+            offset = np.linalg.norm(result.cam_from_world.center - prior.cam_from_world.center)
+            result.success = False
+            result.reason = (
+                f"fix disagrees with the prior: {offset:.2f} m away, Mahalanobis d2 "
+                f"{result.gate.d2:.1f} > {result.gate.threshold:.1f}"
+            )
+
     # -- stages (each usable on its own, e.g. with candidate keyframes from a pose prior) ------
     def retrieve(self, global_descriptor: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
         """(keyframe_ids, similarities) of the `top_k` most similar keyframes, best first."""
         return self.index.search(global_descriptor, top_k)
+
+    def candidates_near(
+        self, prior: PosePrior, global_descriptor: np.ndarray, conf: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Keyframes nearest the prior and looking its way, then the best global results."""
+        conf = conf or self.conf
+        near = self.spatial_index.near_pose(
+            prior.cam_from_world,
+            max_angle_deg=conf["tracking_max_angle_deg"],
+            k=conf["tracking_keyframes"],
+        )
+        ids = list(near)
+        if conf["tracking_global_k"] > 0:
+            best, _ = self.retrieve(global_descriptor, conf["tracking_global_k"])
+            ids += [int(i) for i in best if int(i) not in ids]
+        ids = np.asarray(ids, dtype=np.int64)
+        gdesc = np.asarray(global_descriptor, dtype=np.float32).reshape(-1)
+        return ids, self.map.global_descriptors[ids] @ gdesc
 
     def match(
         self, features: LocalFeatures, keyframe_ids: np.ndarray, conf: dict[str, Any] | None = None

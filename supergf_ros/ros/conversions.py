@@ -244,35 +244,6 @@ def ros_to_pose(position: Any, orientation: Any) -> Pose:
     return Pose(q, t).inverse()
 
 
-def covariance_to_ros(cam_from_world: Pose, covariance: np.ndarray) -> np.ndarray:
-    """6x6 pose covariance from pycolmap's `cam_from_world` parameterization to ROS's.
-
-    Input (pycolmap/COLMAP `RefineAbsolutePose`): order (rotation, translation). The rotation
-    block lives in the tangent space of Ceres' quaternion manifold: the perturbation is
-    `q' = [cos|d|, sin|d| d/|d|] * q` (left-multiplied, so about camera axes, and the rotation
-    angle is 2|d|); the translation block perturbs `t` additively.
-
-    Output (`geometry_msgs/PoseWithCovariance`): order (x, y, z, rot_x, rot_y, rot_z) for the
-    camera pose in the map frame; position = camera centre, rotation = a small rotation vector
-    about the fixed map axes (R_wc' = Exp(theta) R_wc).
-
-    With R, t = cam_from_world and w = 2d: c = -R^T t, so to first order
-    dc = -R^T [t]x w - R^T dt and theta = -R^T w; cov_ros = J cov J^T.
-    """
-    cov = np.asarray(covariance, dtype=np.float64)
-    if cov.shape != (6, 6) or not np.isfinite(cov).all():
-        raise ValueError(f"covariance must be a finite 6x6 matrix, got shape {cov.shape}")
-    R = cam_from_world.R
-    t = cam_from_world.tvec
-    t_cross = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
-    J = np.zeros((6, 6))
-    J[:3, :3] = -2.0 * R.T @ t_cross
-    J[:3, 3:] = -R.T
-    J[3:, :3] = -2.0 * R.T
-    out = J @ cov @ J.T
-    return 0.5 * (out + out.T)
-
-
 def rotation_to_quaternion_xyzw(R: np.ndarray) -> np.ndarray:
     """x-y-z-w quaternion from a rotation matrix (as ROS messages carry it)."""
     qw, qx, qy, qz = rotmat_to_qvec(R)

@@ -7,7 +7,7 @@ Publishes:
     pose (geometry_msgs/PoseStamped): the camera pose in `map_frame` (world_from_cam), stamped
         with the image's stamp; only for localized frames.
     pose_with_covariance (geometry_msgs/PoseWithCovarianceStamped): the same with the PnP
-        refinement's covariance (see `conversions.covariance_to_ros`).
+        refinement's covariance, calibrated (`LocalizationResult.map_covariance`).
     status (supergf_ros_msgs/LocalizationStatus): one per processed frame, success or not.
     /diagnostics (diagnostic_msgs/DiagnosticArray): rate, latency, drops, last error (1 Hz).
     map_markers (visualization_msgs/MarkerArray, transient local = latched): keyframe frusta
@@ -53,7 +53,6 @@ from visualization_msgs.msg import MarkerArray
 from supergf_ros.geometry import Camera
 from supergf_ros.ros.conversions import (
     camera_info_to_camera,
-    covariance_to_ros,
     image_to_numpy,
     pose_to_ros,
 )
@@ -376,11 +375,7 @@ class LocalizerNode(Node):
         pc = PoseWithCovarianceStamped()
         pc.header = ps.header
         pc.pose.pose = ps.pose
-        if result.covariance is not None and np.isfinite(result.covariance).all():
-            cov = covariance_to_ros(result.cam_from_world, result.covariance)
-        else:  # no estimate from the refinement: say "unknown but large" rather than certain
-            cov = np.diag([1e3] * 6)
-        pc.pose.covariance = [float(v) for v in cov.reshape(-1)]
+        pc.pose.covariance = [float(v) for v in result.map_covariance.reshape(-1)]
         self._pose_pub.publish(ps)
         self._pose_cov_pub.publish(pc)
         if self._tf_pub is not None and self.params["publish_tf"]:

@@ -1,0 +1,81 @@
+"""Tracking mode of the Localizer: candidates from a pose prior, fixes gated by it, a calibrated
+covariance. Real images (Strecha fountain-P11, even images as the map, odd ones as queries)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_mapping_build import cached_strecha_map
+
+from supergf_ros.datasets import Dataset
+from supergf_ros.geometry import Pose, pose_error
+from supergf_ros.localization import Localizer
+from supergf_ros.localization.localizer import PosePrior
+
+
+@pytest.fixture(scope="module")
+def fountain(data_dir: Path, superpoint_weights: Path, cache_dir: Path):
+    map_path, _ = cached_strecha_map(data_dir, superpoint_weights, cache_dir, "fountain-P11")
+    loc = Localizer.from_map(map_path, {"superpoint_weights": superpoint_weights})
+    return loc, Dataset(data_dir / "strecha" / "fountain-P11")
+
+
+def _prior(gt: Pose, offset_m: float, sigma_m: float, sigma_deg: float = 5.0) -> PosePrior:
+    world_from_cam = gt.inverse()
+    moved = Pose(world_from_cam.qvec, world_from_cam.tvec + np.array([offset_m, 0.0, 0.0]))
+    cov = np.diag([sigma_m**2] * 3 + [np.radians(sigma_deg) ** 2] * 3)
+    return PosePrior(moved.inverse(), cov)
+
+
+def _query(dataset: Dataset, name: str):
+    return dataset.read_image(name), dataset.camera(name), dataset.cam_from_world(name)
+
+
+def test_candidates_come_from_the_prior(fountain):
+    loc, ds = fountain
+    loc_conf = {"tracking_keyframes": 2, "tracking_global_k": 0}
+    image, camera, gt = _query(ds, "0005.jpg")
+    prior = _prior(gt, 0.0, 0.2)
+    nearest = loc.spatial_index.near_pose(prior.cam_from_world, k=2)
+    saved = loc.conf
+    try:
+        loc.update(**loc_conf)
+        result = loc.localize(image, camera, prior=prior)
+    finally:
+        loc.conf = saved
+    assert result.mode == "tracking" and result.success, result.reason
+    assert result.retrieved == [loc.map.keyframe_names[i] for i in nearest]
+    dt, dr = pose_error(result.cam_from_world, gt)
+    assert dt < 0.05 and dr < 0.5
+    assert result.gate is not None and result.gate.accepted
+
+
+def test_gate_rejects_a_fix_far_from_a_tight_prior(fountain):
+    loc, ds = fountain
+    image, camera, gt = _query(ds, "0003.jpg")
+    result = loc.localize(image, camera, prior=_prior(gt, 5.0, 0.1))
+    assert not result.success and result.gate is not None and not result.gate.accepted
+    assert "disagrees with the prior" in result.reason
+    assert pose_error(result.cam_from_world, gt)[0] < 0.05  # the fix itself was right
+
+
+def test_a_loose_prior_far_from_the_truth_lets_the_right_fix_through(fountain):
+    loc, ds = fountain
+    image, camera, gt = _query(ds, "0007.jpg")
+    result = loc.localize(image, camera, prior=_prior(gt, 3.0, 5.0, 30.0))
+    assert result.success and result.gate.accepted, result.reason
+    assert pose_error(result.cam_from_world, gt)[0] < 0.05
+
+
+def test_global_fix_covariance_is_calibrated_and_in_the_map_frame(fountain):
+    loc, ds = fountain
+    image, camera, _ = _query(ds, "0001.jpg")
+    result = loc.localize(image, camera)
+    assert result.mode == "global" and result.gate is None and result.success
+    cov = result.map_covariance
+    assert cov.shape == (6, 6) and np.allclose(cov, cov.T)
+    assert np.all(np.linalg.eigvalsh(cov) > 0)
+    floor = np.radians(loc.conf["fix_sigma_floor_deg"]) ** 2
+    assert np.all(np.diag(cov)[3:] >= floor)
