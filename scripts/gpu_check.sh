@@ -55,10 +55,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from supergf_ros.export import model_spec
 from supergf_ros.inference.backends import (
-    available_backends, create_runner, probe_capabilities, select_backend, time_runner,
+    available_backends, create_runner, probe_capabilities, select_backend,
 )
-from supergf_ros.inference.export import example_feed, model_spec
+from supergf_ros.inference.runners import time_runner
+from supergf_ros.inference.spec import example_feed
 
 out_dir = Path(os.environ["OUT_DIR"])
 caps = probe_capabilities()
@@ -172,7 +174,7 @@ if caps.torch_cuda and weights.is_file():
         groups = [rng.normal(size=(2000, 256)).astype(np.float32) for _ in range(5)]
         groups = [g / np.linalg.norm(g, axis=1, keepdims=True) for g in groups]
         matcher = DeviceMatcher(groups, device="cuda")
-        q_host, q_dev = query.descriptors, query.extra["descriptors_torch"]
+        q_host, q_dev = query.descriptors, query.descriptors_device
         result["match_1024_vs_5x2000_ms"] = {
             "cuda_device_matcher": median_ms(lambda: matcher.match(q_dev, range(5))),
             "cuda_device_matcher_ratio0.8": median_ms(

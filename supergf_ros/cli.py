@@ -19,7 +19,7 @@ SUBCOMMANDS = [
     "supergf_ros.evaluation.eval_vpr",  # eval-vpr
     "supergf_ros.training.train",  # train
     "supergf_ros.datasets.make_scene",  # make-scene
-    "supergf_ros.inference.export",  # export
+    "supergf_ros.export",  # export
     "supergf_ros.evaluation.benchmark",  # benchmark
     "supergf_ros.ros.make_bag",  # make-bag
     "supergf_ros.ros.bag_frames",  # bag-frames

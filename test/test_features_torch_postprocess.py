@@ -96,10 +96,10 @@ def test_torch_postprocess_equals_numpy_on_real_photos(extractors, photos):
         assert_same_features(a, b)
         np.testing.assert_array_equal(a.dense, b.dense)
         # the device copy of the descriptors is the host copy
-        device_desc = b.extra["descriptors_torch"]
+        device_desc = b.descriptors_device
         assert isinstance(device_desc, torch.Tensor) and device_desc.dtype == torch.float32
         np.testing.assert_array_equal(device_desc.cpu().numpy(), b.descriptors)
-        assert "descriptors_torch" not in a.extra
+        assert a.descriptors_device is None
 
 
 @pytest.mark.parametrize(
@@ -184,7 +184,7 @@ def test_cuda_torch_postprocess_equals_numpy_on_the_same_scores(superpoint_weigh
     for image in cuda_photos:
         a, b = host.extract(image), gpu.extract(image)
         assert_same_features(a, b, atol=1e-5)
-        assert b.extra["descriptors_torch"].device.type == "cuda"
+        assert b.descriptors_device.device.type == "cuda"
 
 
 @pytest.mark.gpu

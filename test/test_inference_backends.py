@@ -12,14 +12,13 @@ import torch
 from supergf_ros.inference.backends import (
     BackendChoice,
     Capabilities,
-    ModelSpec,
-    OrtRunner,
-    TorchRunner,
     available_backends,
     create_runner,
     probe_capabilities,
     select_backend,
 )
+from supergf_ros.inference.runners import OrtRunner, TorchRunner
+from supergf_ros.inference.spec import ModelSpec
 
 CPU_ONLY = Capabilities(
     ort_providers=("CPUExecutionProvider",), torch="2.13.0", notes={"cuda": "no GPU"}
@@ -257,8 +256,7 @@ def test_superpoint_runner_parity_real_weights(
     import cv2
 
     from supergf_ros.features.base import file_sha256
-    from supergf_ros.features.superpoint import load_superpoint_net
-    from supergf_ros.inference.export import superpoint_spec
+    from supergf_ros.features.superpoint import load_superpoint_net, superpoint_spec
 
     image_path = sorted((data_dir / "photos" / "sacre_coeur" / "mapping").glob("*.jpg"))[0]
     gray = cv2.imread(str(image_path), cv2.IMREAD_GRAYSCALE)
@@ -274,8 +272,9 @@ def test_superpoint_runner_parity_real_weights(
 
 
 def test_supergf_sparse_runner_parity(onnx_cache: Path) -> None:
-    from supergf_ros.inference.export import example_feed, supergf_spec
+    from supergf_ros.inference.spec import example_feed
     from supergf_ros.models.checkpoint import build_model
+    from supergf_ros.models.spec import supergf_spec
 
     torch.manual_seed(0)
     model = build_model(
@@ -298,7 +297,7 @@ def test_supergf_sparse_runner_parity(onnx_cache: Path) -> None:
 
 
 def test_time_runner(onnx_cache: Path) -> None:
-    from supergf_ros.inference.backends import time_runner
+    from supergf_ros.inference.runners import time_runner
 
     runner = create_runner(tiny_spec(), "onnxruntime", "cpu", onnx_cache_dir=onnx_cache)
     feed = {"image": np.zeros((1, 1, 16, 16), np.float32), "gain": np.ones((1, 4), np.float32)}
@@ -309,7 +308,7 @@ def test_time_runner(onnx_cache: Path) -> None:
 
 
 def test_ort_providers_for_devices() -> None:
-    from supergf_ros.inference.backends import ort_providers_for
+    from supergf_ros.inference.runners import ort_providers_for
 
     gpu_wheel = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert ort_providers_for("cpu", available=gpu_wheel) == ["CPUExecutionProvider"]

@@ -10,8 +10,9 @@ import onnx
 import pytest
 
 from supergf_ros.cli import main
-from supergf_ros.inference.export import supergf_profile, superpoint_profile
+from supergf_ros.features.superpoint import superpoint_profile
 from supergf_ros.inference.tensorrt import check_profile, check_shape_in_profile
+from supergf_ros.models.spec import supergf_profile
 
 
 def test_superpoint_profile_from_config() -> None:
@@ -117,8 +118,8 @@ def test_export_tensorrt_unavailable_fails_fast(tmp_path: Path, capsys) -> None:
 
 
 def test_example_feed_matches_profile() -> None:
-    from supergf_ros.features.superpoint import SuperPointNet
-    from supergf_ros.inference.export import example_feed, superpoint_spec
+    from supergf_ros.features.superpoint import SuperPointNet, superpoint_spec
+    from supergf_ros.inference.spec import example_feed
 
     spec = superpoint_spec(SuperPointNet(), "x", profile=superpoint_profile(640, (320, 240)))
     feed = example_feed(spec)

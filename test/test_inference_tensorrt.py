@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from supergf_ros.inference.backends import (
-    ModelSpec,
     available_backends,
     create_runner,
     select_backend,
 )
+from supergf_ros.inference.spec import ModelSpec
 
 pytestmark = pytest.mark.gpu
 
@@ -135,8 +135,12 @@ def test_tensorrt_engine_build_cache_and_run(reference, tmp_path: Path, precisio
 def test_superpoint_tensorrt_matches_torch(superpoint_weights: Path, tmp_path: Path) -> None:
     require("tensorrt:cuda")
     from supergf_ros.features.base import file_sha256
-    from supergf_ros.features.superpoint import load_superpoint_net
-    from supergf_ros.inference.export import example_feed, superpoint_profile, superpoint_spec
+    from supergf_ros.features.superpoint import (
+        load_superpoint_net,
+        superpoint_profile,
+        superpoint_spec,
+    )
+    from supergf_ros.inference.spec import example_feed
 
     spec = superpoint_spec(
         load_superpoint_net(superpoint_weights),

@@ -305,8 +305,8 @@ def test_residual_slots_train_all_parameters_and_reject_bad_options():
 
 
 def test_residual_slots_onnx_and_checkpoint(tmp_path):
-    from supergf_ros.inference.onnx import OrtModule
-    from supergf_ros.models import export_model_onnx
+    from supergf_ros.inference.runners import OrtRunner
+    from supergf_ros.models.spec import supergf_spec
 
     torch.manual_seed(0)
     model = build_model("sparse", {**RESIDUAL, "residual_power": 0.5}).eval()
@@ -314,7 +314,7 @@ def test_residual_slots_onnx_and_checkpoint(tmp_path):
     with torch.no_grad():  # a non-trivial encoder
         for p in model.layers.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    ort = OrtModule(export_model_onnx(model, tmp_path / "residual.onnx"))
+    ort = OrtRunner(supergf_spec(model).write_onnx(tmp_path / "residual.onnx"))
     inputs = model.example_inputs(batch=2, num_keypoints=50)  # 32-D descriptors (input_dim)
     inputs[-1][1, 20:] = False  # second sample padded
     with torch.no_grad():
@@ -368,8 +368,8 @@ def test_dense_residual_starts_as_soft_dense_vlad():
 
 
 def test_dense_residual_onnx_parity_and_options(tmp_path):
-    from supergf_ros.inference.onnx import OrtModule
-    from supergf_ros.models import export_model_onnx
+    from supergf_ros.inference.runners import OrtRunner
+    from supergf_ros.models.spec import supergf_spec
 
     torch.manual_seed(0)
     model = build_model("dense", RESIDUAL).eval()
@@ -377,7 +377,7 @@ def test_dense_residual_onnx_parity_and_options(tmp_path):
     with torch.no_grad():  # a non-trivial encoder and position term
         for p in [*model.layers.parameters(), *model.keypoint_encoder.parameters()]:
             p.add_(0.05 * torch.randn_like(p))
-    ort = OrtModule(export_model_onnx(model, tmp_path / "dense_residual.onnx"))
+    ort = OrtRunner(supergf_spec(model).write_onnx(tmp_path / "dense_residual.onnx"))
     for h, w in ((6, 8), (9, 13)):  # dynamic map size: positions follow the grid
         dense = _dense_inputs(h, w, seed=h, batch=2)
         with torch.no_grad():

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from supergf_ros.inference.onnx import OrtModule, cached_export, export_onnx
-from supergf_ros.models import build_model, cached_model_onnx, export_model_onnx
+from supergf_ros.inference.onnx import cached_export, export_onnx
+from supergf_ros.inference.runners import OrtRunner
+from supergf_ros.models import build_model
+from supergf_ros.models.spec import supergf_spec
 
 SMALL = {"latent_dim": 64, "mlp_dim": 128, "num_layers": 2, "num_heads": 4}
 TOL = 1e-4
@@ -22,14 +24,14 @@ def onnx_dir(tmp_path_factory):
 def sparse(onnx_dir):
     torch.manual_seed(0)
     model = build_model("sparse", {**SMALL, "num_slots": 8}).eval()
-    return model, OrtModule(export_model_onnx(model, onnx_dir / "sparse.onnx"))
+    return model, OrtRunner(supergf_spec(model).write_onnx(onnx_dir / "sparse.onnx"))
 
 
 @pytest.fixture(scope="module")
 def dense(onnx_dir):
     torch.manual_seed(1)
     model = build_model("dense", {**SMALL, "pos_grid": [6, 8]}).eval()
-    return model, OrtModule(export_model_onnx(model, onnx_dir / "dense.onnx"))
+    return model, OrtRunner(supergf_spec(model).write_onnx(onnx_dir / "dense.onnx"))
 
 
 def torch_outputs(model, inputs):
@@ -90,7 +92,7 @@ def test_paper_config_onnx_matches_torch(onnx_dir):
         ("dense", {"height": 60, "width": 80}),
     ):
         model = build_model(name).eval()
-        ort = OrtModule(cached_model_onnx(model, cache_dir=onnx_dir))
+        ort = OrtRunner(supergf_spec(model).export_onnx(onnx_dir))
         inputs = model.example_inputs(**sizes)
         expected = torch_outputs(model, inputs)
         got = ort(*(t.numpy() for t in inputs))
@@ -115,7 +117,7 @@ def test_cached_export_reuses_and_keys(onnx_dir, tmp_path):
     assert other != path and other.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, other.name])
     x = np.random.default_rng(0).random((1, 1, 33, 47), dtype=np.float32)
-    (y,) = OrtModule(path)(x)
+    (y,) = OrtRunner(path)(x)
     with torch.no_grad():
         assert np.abs(y - net(torch.from_numpy(x)).numpy()).max() < 1e-6
     with pytest.raises(ValueError, match="non-empty key"):
@@ -125,20 +127,20 @@ def test_cached_export_reuses_and_keys(onnx_dir, tmp_path):
 def test_ort_module_errors(dense, onnx_dir, tmp_path):
     _, ort = dense
     assert ort.providers == ["CPUExecutionProvider"] and ort.input_names == ["dense"]
-    one_thread = OrtModule(onnx_dir / "dense.onnx", intra_op_num_threads=1)
+    one_thread = OrtRunner(onnx_dir / "dense.onnx", intra_op_num_threads=1)
     x = np.random.default_rng(1).random((1, 256, 9, 11), dtype=np.float32)
     np.testing.assert_allclose(one_thread(x)[0], ort(x)[0], atol=1e-6)
     assert set(ort.run_dict({"dense": x})) == {"global_descriptor"}
     with pytest.raises(ValueError, match="expects 1 inputs"):
         ort(np.zeros((1, 256, 4, 4), np.float32), np.zeros(3, np.float32))
     with pytest.raises(FileNotFoundError):
-        OrtModule(tmp_path / "nope.onnx")
+        OrtRunner(tmp_path / "nope.onnx")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx file")
     with pytest.raises(ValueError, match="cannot load ONNX model"):
-        OrtModule(bad)
+        OrtRunner(bad)
     with pytest.raises(ValueError, match="not available"):
-        OrtModule(onnx_dir / "dense.onnx", providers=["NoSuchExecutionProvider"])
+        OrtRunner(onnx_dir / "dense.onnx", providers=["NoSuchExecutionProvider"])
     with pytest.raises(ValueError, match="input_names"):
         export_onnx(
             torch.nn.Identity(),

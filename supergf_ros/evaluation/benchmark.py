@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,25 @@ def _test_image(width: int, height: int):
     return np.repeat(image.astype(np.uint8)[..., None], 3, axis=2)
 
 
+@dataclass
+class _Bench:
+    """What every timing step of `run_benchmark` shares."""
+
+    choices: dict[str, Any]  # backend name -> BackendChoice, resolved once
+    image: Any
+    tmp: Path
+    repeats: int
+    warmup: int
+    bar: Any
+    timings: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+
+    def time(self, name: str, backend: str, fn: Callable[[], Any], repeats=None, warmup=None):
+        self.timings.setdefault(name, {})[backend] = time_ms(
+            fn, repeats or self.repeats, self.warmup if warmup is None else warmup
+        )
+        self.bar.update()
+
+
 def run_benchmark(
     size: tuple[int, int] = (640, 480),
     repeats: int = 10,
@@ -156,154 +176,176 @@ def run_benchmark(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Measure the networks and return the results dict (see the module docstring)."""
-    import numpy as np
-    import torch
     from tqdm import tqdm
 
-    from ..features import LocalFeatures, create_extractor
-    from ..features.superpoint import WEIGHTS_ENV, SuperPointNet, resolve_weights
-    from ..inference.onnx import OrtModule, export_onnx
-    from ..models import build_model, default_weights_path, load_checkpoint
-    from ..models.aggregators import create_aggregator
-    from ..models.netvlad import NetVLAD, NetVLADPositional
-
-    unknown = set(backends) - set(ALL_BACKENDS)
-    if unknown or not backends:
-        raise ValueError(f"unknown backend(s) {sorted(unknown)}; choose from {list(ALL_BACKENDS)}")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    from ..inference.backends import select_backend
-
-    for backend in backends:  # unavailable -> a clear error listing what is available
-        select_backend(backend, device)
+    choices = _resolve_backends(backends, device)
     if repeats < 1 or warmup < 0 or netvlad_repeats < 1:
         raise ValueError("repeats and netvlad-repeats must be >= 1 and warmup >= 0")
     if num_keypoints < 1:
         raise ValueError(f"num-keypoints must be >= 1, got {num_keypoints}")
     width, height = size
     notes: list[str] = []
-    timings: dict[str, dict[str, dict[str, float]]] = {}
-    image = _test_image(width, height)
-
-    stages = [("superpoint", b) for b in backends] + [
-        (m, b) for m in ("supergf_dense", "supergf_sparse") for b in backends
-    ]
-    if netvlad:
-        stages += [("netvlad", b) for b in backends]
-    bar = tqdm(total=len(stages), desc="benchmark", unit="model", disable=not progress)
-
+    models = ["superpoint", "supergf_dense", "supergf_sparse"] + (["netvlad"] * netvlad)
+    bar = tqdm(
+        total=len(models) * len(backends), desc="benchmark", unit="model", disable=not progress
+    )
     with tempfile.TemporaryDirectory(prefix="supergf-bench-") as tmp_dir:
-        tmp = Path(tmp_dir)
-        # --- SuperPoint weights: given, from the environment, or a seeded random init.
-        if superpoint_weights is not None or os.environ.get(WEIGHTS_ENV):
-            sp_path = resolve_weights(superpoint_weights)
-            sp_source = str(sp_path)
+        bench = _Bench(choices, _test_image(width, height), Path(tmp_dir), repeats, warmup, bar)
+        sp_path, sp_source = _superpoint_weights(superpoint_weights, bench.tmp, notes)
+        dense_features = _time_superpoint(bench, sp_path, num_keypoints)
+        sparse_features = _random_sparse_features(num_keypoints, width, height)
+        supergf_sources, supergf_configs = _time_supergf(bench, dense_features, sparse_features)
+        if netvlad:
+            _time_netvlad(bench, netvlad_repeats)
+    bar.close()
+    result = _ratios(bench.timings, backends, netvlad)
+    weights = {
+        "superpoint_weights": sp_source,
+        "superpoint_keypoints": len(dense_features),
+        "supergf_sparse_keypoints": num_keypoints,
+        "supergf_weights": supergf_sources,
+        "supergf_configs": supergf_configs,
+    }
+    netvlad_repeats = netvlad_repeats if netvlad else 0
+    result["setup"] = _setup(size, device, backends, repeats, warmup, netvlad_repeats, weights)
+    notes.append(
+        f"medians in ms on {device}; timings include numpy<->tensor conversions and, for SuperPoint, "
+        "the post-processing (NMS, top-k, descriptor sampling); a shared CPU makes them noisy"
+    )
+    result["notes"] = notes
+    return result
+
+
+def _resolve_backends(backends: tuple[str, ...], device: str) -> dict[str, Any]:
+    """{backend: BackendChoice}; an unavailable one raises, listing what is available."""
+    from ..inference.backends import select_backend
+
+    unknown = set(backends) - set(ALL_BACKENDS)
+    if unknown or not backends:
+        raise ValueError(f"unknown backend(s) {sorted(unknown)}; choose from {list(ALL_BACKENDS)}")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    return {backend: select_backend(backend, device) for backend in backends}
+
+
+def _superpoint_weights(weights: str | Path | None, tmp: Path, notes: list[str]):
+    """(weights path, source): given, from the environment, or a seeded random init."""
+    import torch
+
+    from ..features.superpoint import WEIGHTS_ENV, SuperPointNet, resolve_weights
+
+    if weights is not None or os.environ.get(WEIGHTS_ENV):
+        path = resolve_weights(weights)
+        return path, str(path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        torch.save(SuperPointNet().state_dict(), tmp / "superpoint_random.pth")
+    notes.append(
+        "SuperPoint: no weights given (--superpoint-weights / $SUPERGF_SUPERPOINT_WEIGHTS); "
+        "timed a randomly initialized SuperPointNet"
+    )
+    return tmp / "superpoint_random.pth", "random-init"
+
+
+def _time_superpoint(bench: _Bench, weights: Path, num_keypoints: int) -> Any:
+    """Time the extractor per backend; the features of the last one (with the dense map)."""
+    from ..features import create_extractor
+
+    features = None
+    for backend, choice in bench.choices.items():
+        extractor = create_extractor(
+            "superpoint",
+            weights=weights,
+            max_keypoints=num_keypoints,
+            backend=choice,
+            device=choice.device,
+            onnx_cache_dir=bench.tmp,
+        )
+        features = extractor.extract(bench.image)
+        bench.time("superpoint", backend, lambda ex=extractor: ex.extract(bench.image))
+    return features
+
+
+def _random_sparse_features(num_keypoints: int, width: int, height: int) -> Any:
+    import numpy as np
+
+    from ..features import LocalFeatures
+
+    rng = np.random.default_rng(0)
+    kpts = (rng.random((num_keypoints, 2)) * [width - 1, height - 1]).astype(np.float32)
+    desc = rng.standard_normal((num_keypoints, 256)).astype(np.float32)
+    desc /= np.linalg.norm(desc, axis=1, keepdims=True)
+    scores = rng.random(num_keypoints).astype(np.float32)
+    return LocalFeatures(kpts, scores, desc, None, (width, height))
+
+
+def _time_supergf(bench: _Bench, dense_features: Any, sparse_features: Any):
+    """Time both variants per backend: shipped weights when present, else a seeded paper config.
+    Returns ({variant: weights source}, {variant: config})."""
+    import torch
+
+    from ..models import build_model, default_weights_path, load_checkpoint
+    from ..models.aggregators import create_aggregator
+
+    sources: dict[str, str] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    for variant in ("dense", "sparse"):
+        path = default_weights_path(variant, "superpoint")
+        if path.is_file():
+            model, _ = load_checkpoint(path)
+            sources[variant] = str(path.name)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                torch.save(SuperPointNet().state_dict(), tmp / "superpoint_random.pth")
-            sp_path = tmp / "superpoint_random.pth"
-            sp_source = "random-init"
-            notes.append(
-                "SuperPoint: no weights given (--superpoint-weights / $SUPERGF_SUPERPOINT_WEIGHTS); "
-                "timed a randomly initialized SuperPointNet"
+                model = build_model(variant).eval()
+            sources[variant] = "random-init (paper config)"
+        features = dense_features if variant == "dense" else sparse_features
+        for backend, choice in bench.choices.items():
+            agg = create_aggregator(
+                f"supergf-{variant}",
+                model=model,
+                backend=choice,
+                device=choice.device,
+                onnx_cache_dir=bench.tmp,
             )
-        dense_features = None
-        for backend in backends:
-            extractor = create_extractor(
-                "superpoint",
-                weights=sp_path,
-                max_keypoints=num_keypoints,
-                backend=backend,
-                device=device,
-                onnx_cache_dir=tmp,
-            )
-            dense_features = extractor.extract(image)
-            timings.setdefault("superpoint", {})[backend] = time_ms(
-                lambda ex=extractor: ex.extract(image), repeats, warmup
-            )
-            bar.update()
-        sp_keypoints = len(dense_features)
+            bench.time(f"supergf_{variant}", backend, lambda a=agg, f=features: a(f))
+        configs[variant] = dict(model.conf)
+    return sources, configs
 
-        # --- SuperGF: shipped weights when present (paper config otherwise), random init if none.
-        rng = np.random.default_rng(0)
-        kpts = (rng.random((num_keypoints, 2)) * [width - 1, height - 1]).astype(np.float32)
-        desc = rng.standard_normal((num_keypoints, 256)).astype(np.float32)
-        desc /= np.linalg.norm(desc, axis=1, keepdims=True)
-        sparse_features = LocalFeatures(
-            kpts, rng.random(num_keypoints).astype(np.float32), desc, None, (width, height)
-        )
-        supergf_sources: dict[str, str] = {}
-        supergf_configs: dict[str, dict[str, Any]] = {}
-        for variant in ("dense", "sparse"):
-            path = default_weights_path(variant, "superpoint")
-            if path.is_file():
-                model, _ = load_checkpoint(path)
-                supergf_sources[variant] = str(path.name)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(0)
-                    model = build_model(variant).eval()
-                supergf_sources[variant] = "random-init (paper config)"
-            features = dense_features if variant == "dense" else sparse_features
-            for backend in backends:
-                agg = create_aggregator(
-                    f"supergf-{variant}",
-                    model=model,
-                    backend=backend,
-                    device=device,
-                    onnx_cache_dir=tmp,
-                )
-                timings.setdefault(f"supergf_{variant}", {})[backend] = time_ms(
-                    lambda a=agg, f=features: a(f), repeats, warmup
-                )
-                bar.update()
-            supergf_configs[variant] = dict(model.conf)
 
-        # --- NetVLAD baseline (random weights; cost only).
-        if netvlad:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                net = NetVLAD().eval()
-            x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
-            for backend in backends:
-                if backend == "tensorrt":  # not exported as an engine: cost is the same network
-                    continue
-                if backend == "torch":
+def _time_netvlad(bench: _Bench, repeats: int) -> None:
+    """NetVLAD (random weights: cost only) per backend; no TensorRT engine (the same network)."""
+    import torch
 
-                    def fn(net=net, x=x):
-                        with torch.inference_mode():
-                            return net({"image": x})
+    from ..inference.backends import create_runner
+    from ..models.netvlad import NetVLAD, netvlad_spec
 
-                else:
-                    onnx_path = export_onnx(
-                        NetVLADPositional(net),
-                        (x,),
-                        tmp / "netvlad.onnx",
-                        input_names=["image"],
-                        output_names=["global_descriptor"],
-                        dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}},
-                    )
-                    ort = OrtModule(onnx_path)
-                    x_np = x.numpy()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        spec = netvlad_spec(NetVLAD().eval())
+    x = torch.from_numpy(bench.image).permute(2, 0, 1)[None].float().div(255).numpy()
+    for backend, choice in bench.choices.items():
+        if backend == "tensorrt":
+            continue
+        runner = create_runner(spec, choice, onnx_cache_dir=bench.tmp)
+        bench.time("netvlad", backend, lambda r=runner: r(x), repeats, min(bench.warmup, 1))
 
-                    def fn(ort=ort, x_np=x_np):
-                        return ort(x_np)
 
-                timings.setdefault("netvlad", {})[backend] = time_ms(
-                    fn, netvlad_repeats, min(warmup, 1)
-                )
-                bar.update()
-    bar.close()
+def _ratios(timings: dict, backends: tuple[str, ...], netvlad: bool) -> dict[str, Any]:
+    """Medians per model and backend, and the ratios between them."""
+
+    def ratio(a: str, b: str, digits: int = 4) -> dict[str, float]:
+        return {
+            k: round(timings[a][k]["median"] / timings[b][k]["median"], digits)
+            for k in backends
+            if k in timings[b]
+        }
 
     result: dict[str, Any] = {
         f"{name}_ms": {b: round(t["median"], 2) for b, t in per.items()}
         for name, per in timings.items()
     }
-    ratios = {
-        b: round(timings["supergf_sparse"][b]["median"] / timings["superpoint"][b]["median"], 4)
-        for b in backends
-    }
+    ratios = ratio("supergf_sparse", "superpoint")
     result["ratio_supergf_sparse_over_superpoint"] = ratios[backends[0]]
     if {"torch", "onnxruntime"} <= set(backends):  # measured in this run
         result["ratio_torch_over_onnxruntime"] = {
@@ -312,32 +354,27 @@ def run_benchmark(
             if {"torch", "onnxruntime"} <= set(per)
         }
     result["ratio_supergf_sparse_over_superpoint_by_backend"] = ratios
-    result["ratio_supergf_dense_over_superpoint_by_backend"] = {
-        b: round(timings["supergf_dense"][b]["median"] / timings["superpoint"][b]["median"], 4)
-        for b in backends
-    }
+    result["ratio_supergf_dense_over_superpoint_by_backend"] = ratio("supergf_dense", "superpoint")
     if netvlad:
-        result["ratio_supergf_sparse_over_netvlad_by_backend"] = {
-            b: round(timings["supergf_sparse"][b]["median"] / timings["netvlad"][b]["median"], 4)
-            for b in backends
-            if b in timings["netvlad"]
-        }
+        result["ratio_supergf_sparse_over_netvlad_by_backend"] = ratio("supergf_sparse", "netvlad")
     result["details_ms"] = {
         name: {b: {k: round(v, 2) for k, v in t.items()} for b, t in per.items()}
         for name, per in timings.items()
     }
-    result["setup"] = {
-        "image_size": [width, height],
+    return result
+
+
+def _setup(size, device, backends, repeats, warmup, netvlad_repeats, weights) -> dict[str, Any]:
+    import torch
+
+    return {
+        "image_size": list(size),
         "device": device,
         "backends": list(backends),
         "repeats": repeats,
         "warmup": warmup,
-        "netvlad_repeats": netvlad_repeats if netvlad else 0,
-        "superpoint_weights": sp_source,
-        "superpoint_keypoints": sp_keypoints,
-        "supergf_sparse_keypoints": num_keypoints,
-        "supergf_weights": supergf_sources,
-        "supergf_configs": supergf_configs,
+        "netvlad_repeats": netvlad_repeats,
+        **weights,
         "torch_threads": torch.get_num_threads(),
         "onnxruntime_threads": os.environ.get("SUPERGF_ORT_THREADS", "default"),
         "torch_version": torch.__version__,
@@ -345,12 +382,6 @@ def run_benchmark(
         "machine": platform.machine(),
         "python": platform.python_version(),
     }
-    notes.append(
-        f"medians in ms on {device}; timings include numpy<->tensor conversions and, for SuperPoint, "
-        "the post-processing (NMS, top-k, descriptor sampling); a shared CPU makes them noisy"
-    )
-    result["notes"] = notes
-    return result
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -445,7 +476,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-        os.environ["SUPERGF_ORT_THREADS"] = str(args.threads)  # read by OrtModule
+        os.environ["SUPERGF_ORT_THREADS"] = str(args.threads)  # read by every ORT session
     if not args.no_pipeline:  # check the pipeline's options before the long network timings
         _parse_size(args.pipeline_size)
         if args.dataset is not None and not args.dataset.is_dir():

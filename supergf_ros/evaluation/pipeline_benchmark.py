@@ -110,32 +110,19 @@ class _NetVLADStage:
     def __init__(self, resize_max: int | None, backend: str, work: Path) -> None:
         import torch
 
-        from ..models.netvlad import NetVLAD, NetVLADPositional
+        from ..inference.backends import create_runner, select_backend
+        from ..models.netvlad import NetVLAD, netvlad_spec
 
+        if backend not in ("torch", "onnxruntime"):
+            raise ValueError(f"baseline backend must be 'torch' or 'onnxruntime', got {backend!r}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            self.net = NetVLAD().eval()
+            spec = netvlad_spec(NetVLAD().eval())
         self.resize_max = resize_max
-        self.ort = None
-        if backend == "onnxruntime":
-            from ..inference.onnx import OrtModule, export_onnx
-
-            x = torch.zeros(1, 3, 64, 64)
-            path = export_onnx(
-                NetVLADPositional(self.net),
-                (x,),
-                work / "netvlad.onnx",
-                input_names=["image"],
-                output_names=["global_descriptor"],
-                dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}},
-            )
-            self.ort = OrtModule(path)
-        elif backend != "torch":
-            raise ValueError(f"baseline backend must be 'torch' or 'onnxruntime', got {backend!r}")
+        self.runner = create_runner(spec, select_backend(backend, "cpu"), onnx_cache_dir=work)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         import cv2
-        import torch
 
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=2)
@@ -144,10 +131,7 @@ class _NetVLADStage:
             s = self.resize_max / max(h, w)
             image = cv2.resize(image, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
         x = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
-        if self.ort is not None:
-            return self.ort(x)[0][0]
-        with torch.inference_mode():
-            return self.net({"image": torch.from_numpy(x)})["global_descriptor"][0].numpy()
+        return self.runner(x)[0][0]
 
 
 def run_pipeline_benchmark(
@@ -161,25 +145,91 @@ def run_pipeline_benchmark(
 ) -> dict[str, Any]:
     """Measure ours vs the baseline end to end (see the module docstring).
 
-    Args:
-        superpoint_weights: superpoint_v1.pth (real weights: accuracy is measured too).
-        work_dir: folder for the maps (and the synthetic scene), kept for inspection.
-        dataset: images/ + sparse_gt/ with poses; None: a synthetic scene.
-        backends: also time our full localization step with each of these backends.
-        conf: overrides of `default_pipeline_conf`.
-    Returns:
-        {"ours_ms", "baseline_ms", "speedup", "speedup_excluding_netvlad", "ours_stages_ms",
-        "baseline_stages_ms", "localization_ms" {backend: median total ms}, "accuracy"
-        {"ours", "baseline"}, "ours", "baseline" (configurations), "data", "load_average"}.
+    `superpoint_weights`: real weights (accuracy is measured too); `work_dir` keeps the maps and
+    the synthetic scene; `dataset`: images/ + sparse_gt/ (None: synthetic); `backends`: our full
+    localization step is timed with each; `conf`: overrides of `default_pipeline_conf`.
+    Returns {"ours_ms", "baseline_ms", "speedup", "speedup_excluding_netvlad", "ours_stages_ms",
+    "baseline_stages_ms", "localization_ms", "localization_stages_ms", "accuracy", "ours",
+    "baseline", "data", "load_average"}.
     """
     from tqdm import tqdm
 
     from ..datasets import Dataset
-    from ..geometry import pose_error
     from ..inference.backends import select_backend
-    from ..localization import Localizer
-    from ..mapping.build_map import build_map
 
+    conf = _check_conf(conf)
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    t_setup = time.perf_counter()
+    data = _prepare_data(Path(dataset) if dataset else None, work, conf, progress)
+    ds = Dataset(data["root"])
+    weights = str(superpoint_weights)
+    maps = _build_maps(data, work, conf, weights, progress)
+    setup_s = time.perf_counter() - t_setup
+
+    queries = _load_queries(ds, data["query_names"])
+    top_k = int(conf["top_k"])
+    ours_backend = select_backend("auto", "auto").backend  # what our default resolves to
+    loc_backends = list(dict.fromkeys([*backends, ours_backend]))
+    bar = tqdm(
+        total=len(queries) * (len(loc_backends) + 1),
+        desc="pipeline",
+        unit="query",
+        disable=not progress,
+    )
+    timer = _LocalizerTimer(queries, ds, int(conf["repeats"]), bar)
+    localization, ours = _time_ours(timer, maps["ours"], weights, top_k, loc_backends, ours_backend)
+    base_runs, base_errors = _time_baseline(timer, maps["baseline"], weights, conf, work)
+    bar.close()
+    base = {"runs": base_runs, "errors": base_errors}
+    result = _result(ours, base, localization, maps, conf)
+    result["data"] = {
+        "source": data["source"],
+        "num_keyframes": len(data["map_names"]),
+        "num_queries": len(queries),
+        "repeats": int(conf["repeats"]),
+        "setup_s": round(setup_s, 1),
+    }
+    result["load_average"] = {"before": list(load_before), "after": list(os.getloadavg())}
+    return result
+
+
+def _time_ours(timer, map_path, weights, top_k, backends, ours_backend) -> tuple[dict, dict]:
+    """({backend: median stages}, {"runs", "errors", "backend_info"} of `ours_backend`)."""
+    from ..localization import Localizer
+
+    localization, ours = {}, {}
+    for backend in backends:  # one Localizer at a time
+        loc_conf = {"superpoint_weights": weights, "top_k": top_k, "backend": backend}
+        loc = Localizer.from_map(map_path, loc_conf)
+        runs, errors = timer(loc)
+        localization[backend] = _median_stages(runs)
+        if backend == ours_backend:
+            ours = {"runs": runs, "errors": errors, "backend_info": loc.backend_info}
+        del loc
+    return localization, ours
+
+
+def _time_baseline(timer, map_path, weights, conf, work) -> tuple[list[dict], dict]:
+    """The hloc-style baseline: NetVLAD + the baseline map's Localizer on the CPU."""
+    from ..localization import Localizer
+
+    netvlad = _NetVLADStage(int(conf["baseline_resize_max"]), conf["baseline_backend"], work)
+    base_loc = Localizer.from_map(
+        map_path,
+        {
+            "superpoint_weights": weights,
+            "top_k": int(conf["top_k"]),
+            "backend": conf["baseline_backend"],
+            "device": "cpu",
+            "match_3d_only": False,  # hloc matches every keypoint of the retrieved images
+        },
+    )
+    return timer(base_loc, extra_global=netvlad)
+
+
+def _check_conf(conf: dict[str, Any] | None) -> dict[str, Any]:
     conf = {**default_pipeline_conf, **(conf or {})}
     unknown = set(conf) - set(default_pipeline_conf)
     if unknown:
@@ -188,15 +238,14 @@ def run_pipeline_benchmark(
         )
     if int(conf["repeats"]) < 1 or int(conf["top_k"]) < 1:
         raise ValueError("pipeline repeats and top_k must be >= 1")
-    work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    load_before = os.getloadavg()
-    t_setup = time.perf_counter()
-    data = _prepare_data(Path(dataset) if dataset else None, work, conf, progress)
-    ds = Dataset(data["root"])
-    weights = str(superpoint_weights)
+    return conf
 
-    # maps: ours with the project defaults, the baseline's with hloc's extraction settings
+
+def _build_maps(data: dict, work: Path, conf: dict, weights: str, progress: bool) -> dict:
+    """Ours with the project defaults, the baseline's with hloc's extraction settings:
+    {"ours", "baseline"} map paths and {"ours_summary", "baseline_summary"}."""
+    from ..mapping.build_map import build_map
+
     ours_extractor = {"weights": weights, "max_keypoints": int(conf["ours_max_keypoints"])}
     if conf["ours_resize_max"]:
         ours_extractor["resize_max"] = int(conf["ours_resize_max"])
@@ -211,7 +260,7 @@ def run_pipeline_benchmark(
         ("baseline", base_extractor, conf["baseline_global"]),
     ):
         maps[key] = work / f"map_{key}.h5"
-        summary = build_map(
+        maps[f"{key}_summary"] = build_map(
             data["root"],
             maps[key],
             image_names=data["map_names"],
@@ -221,30 +270,35 @@ def run_pipeline_benchmark(
             backend="auto",  # map building is not timed; the map does not depend on it
             progress=progress,
         )
-        maps[f"{key}_summary"] = summary
-    setup_s = time.perf_counter() - t_setup
+    return maps
 
-    queries = [(n, ds.read_image(n), ds.camera(n)) for n in data["query_names"]]
-    queries = [
-        (
-            n,
-            im,
-            cam
-            if (cam.width, cam.height) == im.shape[1::-1]
-            else cam.scaled(im.shape[1] / cam.width, im.shape[0] / cam.height),
-        )
-        for n, im, cam in queries
-    ]
-    top_k, repeats = int(conf["top_k"]), int(conf["repeats"])
 
-    def time_localizer(loc, extra_global=None) -> tuple[list[dict], dict]:
-        """Per-run stage timings (after one warm-up) and pose errors of the last run."""
-        loc.localize(queries[0][1], queries[0][2])  # warm-up: lazy inits, caches
+def _load_queries(ds: Any, names: list[str]) -> list[tuple[str, np.ndarray, Any]]:
+    """(name, image, camera scaled to the image) per query."""
+    queries = []
+    for name in names:
+        image, cam = ds.read_image(name), ds.camera(name)
+        if (cam.width, cam.height) != image.shape[1::-1]:
+            cam = cam.scaled(image.shape[1] / cam.width, image.shape[0] / cam.height)
+        queries.append((name, image, cam))
+    return queries
+
+
+class _LocalizerTimer:
+    """Per-run stage timings (after one warm-up query) and the pose errors of the last run."""
+
+    def __init__(self, queries: list, ds: Any, repeats: int, bar: Any) -> None:
+        self.queries, self.ds, self.repeats, self.bar = queries, ds, repeats, bar
+
+    def __call__(self, loc: Any, extra_global: Any = None) -> tuple[list[dict], dict]:
+        from ..geometry import pose_error
+
+        loc.localize(self.queries[0][1], self.queries[0][2])  # warm-up: lazy inits, caches
         if extra_global is not None:
-            extra_global(queries[0][1])
+            extra_global(self.queries[0][1])
         runs, errors = [], {}
-        for name, image, camera in queries:
-            for _ in range(repeats):
+        for name, image, camera in self.queries:
+            for _ in range(self.repeats):
                 g_ms = None
                 if extra_global is not None:
                     t = time.perf_counter()
@@ -256,51 +310,19 @@ def run_pipeline_benchmark(
                     t_ms["total"] += g_ms - t_ms["global"]
                     t_ms["global"] = g_ms
                 runs.append(t_ms)
-            errors[name] = (
-                pose_error(r.cam_from_world, ds.cam_from_world(name)) if r.success else None
-            )
-            bar.update()
+            gt = self.ds.cam_from_world(name)
+            errors[name] = pose_error(r.cam_from_world, gt) if r.success else None
+            self.bar.update()
         return runs, errors
 
-    ours_backend = select_backend("auto", "auto").backend  # what our default resolves to
-    loc_backends = list(dict.fromkeys([*backends, ours_backend]))
-    bar = tqdm(
-        total=len(queries) * (len(loc_backends) + 1),
-        desc="pipeline",
-        unit="query",
-        disable=not progress,
-    )
-    localization: dict[str, dict[str, float]] = {}
-    ours_runs, ours_errors, ours_loc = None, None, None
-    for backend in loc_backends:
-        loc = Localizer.from_map(
-            maps["ours"], {"superpoint_weights": weights, "top_k": top_k, "backend": backend}
-        )
-        runs, errors = time_localizer(loc)
-        localization[backend] = _median_stages(runs)
-        if backend == ours_backend:
-            ours_runs, ours_errors, ours_loc = runs, errors, loc
-        del loc
 
-    netvlad = _NetVLADStage(int(conf["baseline_resize_max"]), conf["baseline_backend"], work)
-    base_loc = Localizer.from_map(
-        maps["baseline"],
-        {
-            "superpoint_weights": weights,
-            "top_k": top_k,
-            "backend": conf["baseline_backend"],
-            "device": "cpu",
-            "match_3d_only": False,  # hloc matches every keypoint of the retrieved images
-        },
-    )
-    base_runs, base_errors = time_localizer(base_loc, extra_global=netvlad)
-    bar.close()
-
-    ours_stages, base_stages = _median_stages(ours_runs), _median_stages(base_runs)
+def _result(ours: dict, base: dict, localization: dict, maps: dict, conf: dict) -> dict:
+    """The summary of both pipelines (without "data" and "load_average")."""
+    ours_stages, base_stages = _median_stages(ours["runs"]), _median_stages(base["runs"])
     ours_ms, base_ms = ours_stages["total"], base_stages["total"]
-    base_no_nv = float(np.median([t["total"] - t["global"] for t in base_runs]))
-    ours_no_global = float(np.median([t["total"] - t["global"] for t in ours_runs]))
-    load_after = os.getloadavg()
+    base_no_nv = float(np.median([t["total"] - t["global"] for t in base["runs"]]))
+    ours_no_global = float(np.median([t["total"] - t["global"] for t in ours["runs"]]))
+    top_k = int(conf["top_k"])
     return {
         "ours_ms": ours_ms,
         "baseline_ms": base_ms,
@@ -310,9 +332,9 @@ def run_pipeline_benchmark(
         "baseline_stages_ms": base_stages,
         "localization_ms": {b: s["total"] for b, s in localization.items()},
         "localization_stages_ms": localization,
-        "accuracy": {"ours": _accuracy(ours_errors), "baseline": _accuracy(base_errors)},
+        "accuracy": {"ours": _accuracy(ours["errors"]), "baseline": _accuracy(base["errors"])},
         "ours": {
-            **ours_loc.backend_info,
+            **ours["backend_info"],
             "features": f"superpoint ({conf['ours_max_keypoints']} kp, resize_max "
             f"{conf['ours_resize_max']})",
             "global": maps["ours_summary"]["global"],
@@ -330,14 +352,6 @@ def run_pipeline_benchmark(
             "match_3d_only": False,
             "map_keypoints_per_keyframe": maps["baseline_summary"]["mean_keypoints_per_keyframe"],
         },
-        "data": {
-            "source": data["source"],
-            "num_keyframes": len(data["map_names"]),
-            "num_queries": len(queries),
-            "repeats": repeats,
-            "setup_s": round(setup_s, 1),
-        },
-        "load_average": {"before": list(load_before), "after": list(load_after)},
     }
 
 

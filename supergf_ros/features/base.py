@@ -21,6 +21,9 @@ class LocalFeatures:
         descriptors: (N, D) float32, each row L2-normalized.
         dense: (D, h, w) float32 dense descriptor map (channels L2-normalized) or None.
         image_size: (width, height) of the input image.
+        extra: extractor-specific details (e.g. SuperPoint's processed size and scale).
+        descriptors_device: the descriptors as an (N, D) torch tensor on the networks' device
+            when the extractor post-processed them there, else None (matching uses it as is).
     """
 
     keypoints: np.ndarray
@@ -29,6 +32,7 @@ class LocalFeatures:
     dense: np.ndarray | None = None
     image_size: tuple[int, int] = (0, 0)
     extra: dict[str, Any] = field(default_factory=dict)
+    descriptors_device: Any | None = None
 
     def __len__(self) -> int:
         return int(self.keypoints.shape[0])

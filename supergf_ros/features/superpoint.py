@@ -11,7 +11,6 @@ coarse descriptor cell (i, j) of stride 8 covers pixels 8j .. 8j+7 and its centr
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..inference.backends import create_runner, resolve_backend
+from ..inference.runners import TorchRunner
+from ..inference.spec import ModelSpec, Profile, round_up
 from .base import Extractor, LocalFeatures, file_sha256, to_grayscale
 
 WEIGHTS_ENV = "SUPERGF_SUPERPOINT_WEIGHTS"
@@ -154,6 +156,39 @@ def load_superpoint_net(path: str | Path) -> SuperPointNet:
         )
     net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return net.eval()
+
+
+def superpoint_profile(
+    max_image_size: int = 1024, opt_size: tuple[int, int] = (640, 480), max_batch: int = 1
+) -> Profile:
+    """TensorRT profile of "image" (B, 1, H, W) up to `max_image_size` (the longest side fed),
+    optimal at `opt_size` (width, height); sides padded to multiples of 8."""
+    if max_image_size < 16:
+        raise ValueError(f"max_image_size must be >= 16, got {max_image_size}")
+    side = round_up(max_image_size, STRIDE)
+    ow, oh = (min(round_up(v, STRIDE), side) for v in opt_size)
+    return {"image": ((1, 1, 16, 16), (1, 1, oh, ow), (int(max_batch), 1, side, side))}
+
+
+def superpoint_spec(
+    net: SuperPointNet, weights_sha256: str, *, profile: Profile | None = None
+) -> ModelSpec:
+    """ModelSpec for a SuperPointNet (its ONNX file is keyed by the weights' hash)."""
+    return ModelSpec(
+        name="superpoint",
+        build_module=lambda: net,
+        example_inputs=lambda: (np.zeros((1, 1, 64, 96), np.float32),),
+        input_names=["image"],
+        output_names=["scores", "descriptors"],
+        dynamic_axes={
+            "image": {0: "batch", 2: "height", 3: "width"},
+            "scores": {0: "batch", 1: "height", 2: "width"},
+            "descriptors": {0: "batch", 2: "height_8", 3: "width_8"},
+        },
+        key=f"{weights_sha256}-superpointnet-v1",
+        profile=profile if profile is not None else superpoint_profile(),
+        channels_last=True,  # oneDNN convolutions are ~1.5x faster in channels_last on CPU
+    )
 
 
 def _max_pool(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -315,8 +350,9 @@ class SuperPoint(Extractor):
         resize_max: resize so that the longer edge is at most this (None: no resize). Keypoints
             are always returned in input-image coordinates.
         backend: "torch", "onnxruntime" (network through ONNX Runtime, same post-processing),
-            "tensorrt" (cached engine, see supergf_ros.inference) or "auto" (best available,
-            see `supergf_ros.inference.backends.select_backend`).
+            "tensorrt" (cached engine, see supergf_ros.inference), "auto" (best available,
+            see `supergf_ros.inference.backends.select_backend`), or a resolved `BackendChoice`
+            (used as is, nothing is probed again; the conf then holds its names).
         device: "cpu", "cuda[:i]" or "auto" (torch device; with "onnxruntime", "cuda" selects
             the CUDA execution provider).
         onnx_cache_dir: where the "onnxruntime" backend caches its exported model (None: default).
@@ -334,8 +370,7 @@ class SuperPoint(Extractor):
     (256, ceil(h/8), ceil(w/8)) for the processed (resized, padded to a multiple of 8) image (None
     without `return_dense`), and `extra` with `processed_size` (w, h) before padding, `scale`
     (sx, sy) = input / processed and `postprocess` ("numpy" or "torch"). After torch
-    post-processing `extra["descriptors_torch"]` also holds the (N, 256) float32 descriptors as a
-    tensor on the network's device, so that matching on that device needs no upload.
+    post-processing `descriptors_device` holds the descriptors on the network's device as well.
     """
 
     name = "superpoint"
@@ -358,10 +393,29 @@ class SuperPoint(Extractor):
     def __init__(self, **conf: Any) -> None:
         super().__init__(**conf)
         c = self.conf
-        from supergf_ros.inference.backends import resolve_backend
+        choice = resolve_backend(c["backend"], c["device"])  # a given BackendChoice is kept
+        if not isinstance(c["backend"], str):  # the conf (and identity) holds names
+            c["backend"], c["device"] = choice.backend, choice.device
+        self.backend = choice.backend
+        self._check_conf()
+        self.weights_path = resolve_weights(c["weights"])
+        self.net = load_superpoint_net(self.weights_path)
+        self._sha256: str | None = None
+        self.device = torch.device(choice.device)
+        gpu = choice.backend != "tensorrt" and self.device.type == "cuda"
+        if gpu and not torch.cuda.is_available():
+            raise ValueError(f"device {choice.device!r} requested but CUDA is not available here")
+        max_side = int(c["resize_max"]) if c["resize_max"] is not None else 2048
+        spec = superpoint_spec(self.net, self.weights_sha256, profile=superpoint_profile(max_side))
+        self._runner = create_runner(spec, choice, onnx_cache_dir=c["onnx_cache_dir"])
+        if c["postprocess"] == "auto":  # torch where the scores already are: on the GPU
+            on_gpu = choice.backend == "torch" and self.device.type == "cuda"
+            self.postprocess = "torch" if on_gpu else "numpy"
+        else:
+            self.postprocess = c["postprocess"]
 
-        backend, device, choice = resolve_backend(c["backend"], c["device"])
-        self.backend = backend  # the resolved backend
+    def _check_conf(self) -> None:
+        c = self.conf
         if int(c["nms_radius"]) < 0:
             raise ValueError(f"nms_radius must be >= 0, got {c['nms_radius']}")
         if int(c["max_keypoints"]) == 0 or int(c["max_keypoints"]) < -1:
@@ -376,38 +430,6 @@ class SuperPoint(Extractor):
             )
         if not isinstance(c["return_dense"], bool):
             raise ValueError(f"return_dense must be True or False, got {c['return_dense']!r}")
-        self.weights_path = resolve_weights(c["weights"])
-        self.net = load_superpoint_net(self.weights_path)
-        self._sha256: str | None = None
-        try:
-            self.device = torch.device(device)
-        except RuntimeError as err:
-            raise ValueError(f"invalid device {device!r}: {err}") from err
-        if backend != "tensorrt" and self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available here")
-        self._ort = None
-        self._runner = None
-        if backend == "tensorrt":
-            from supergf_ros.inference.backends import create_runner
-            from supergf_ros.inference.export import superpoint_profile, superpoint_spec
-
-            max_side = int(c["resize_max"]) if c["resize_max"] is not None else 2048
-            spec = superpoint_spec(
-                self.net, self.weights_sha256, profile=superpoint_profile(max_side)
-            )
-            self._runner = create_runner(spec, choice, onnx_cache_dir=c["onnx_cache_dir"])
-        elif backend == "torch":
-            self.net = self.net.to(self.device)
-            # oneDNN convolutions are ~1.5x faster in channels_last on CPU; keep `self.net` plain
-            # (it is what ONNX export and other users see) and run a channels_last copy.
-            self._run_net = copy.deepcopy(self.net).to(memory_format=torch.channels_last)
-        else:
-            self._ort = self._build_ort()
-        if c["postprocess"] == "auto":  # torch where the scores already are: on the GPU
-            on_gpu = backend == "torch" and self.device.type == "cuda"
-            self.postprocess = "torch" if on_gpu else "numpy"
-        else:
-            self.postprocess = c["postprocess"]
 
     @property
     def descriptor_dim(self) -> int:
@@ -423,29 +445,14 @@ class SuperPoint(Extractor):
         conf = {k: v for k, v in self.conf.items() if k not in self.runtime_options}
         return {"name": self.name, "config": conf, "weights_sha256": self.weights_sha256}
 
-    def _build_ort(self):
-        from supergf_ros.inference.export import superpoint_spec
-        from supergf_ros.inference.onnx import OrtModule
-
-        cache_dir = self.conf["onnx_cache_dir"]
-        spec = superpoint_spec(self.net, self.weights_sha256)  # the one SuperPoint ONNX layout
-        path = spec.export_onnx(None if cache_dir is None else Path(cache_dir))
-        providers = ["CPUExecutionProvider"]
-        if self.device.type == "cuda":
-            providers = ["CUDAExecutionProvider", *providers]
-        return OrtModule(path, providers=providers)
-
     def run_network(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores (B, H, W), dense (B, 256, H/8, W/8)) for a (B, 1, H, W) [0, 1] batch."""
-        if self._runner is not None:  # TensorRT
-            out = self._runner({"image": np.ascontiguousarray(image.cpu().numpy(), np.float32)})
-            return torch.from_numpy(out["scores"]), torch.from_numpy(out["descriptors"])
-        if self._ort is not None:
-            scores, dense = self._ort(np.ascontiguousarray(image.cpu().numpy(), np.float32))
-            return torch.from_numpy(scores), torch.from_numpy(dense)
-        with torch.inference_mode():
-            x = image.to(self.device).contiguous(memory_format=torch.channels_last)
-            return self._run_net(x)
+        runner = self._runner
+        if isinstance(runner, TorchRunner):  # outputs stay on the device
+            out = runner.run_torch([image.to(runner.device)])
+            return out["scores"], out["descriptors"]
+        out = runner({"image": np.ascontiguousarray(image.cpu().numpy(), np.float32)})
+        return torch.from_numpy(out["scores"]), torch.from_numpy(out["descriptors"])
 
     def _extract(self, image: np.ndarray) -> LocalFeatures:
         c = self.conf
@@ -462,10 +469,10 @@ class SuperPoint(Extractor):
             if pad_h or pad_w:  # replicate-pad right/bottom; the padded area is ignored below
                 x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
             scores, dense = self.run_network(x)
-            extra: dict[str, Any] = {}
+            on_device = None
             dense_host = None
             if self.postprocess == "torch":
-                keypoints, kp_scores, descriptors, extra = self._postprocess_torch(
+                keypoints, kp_scores, descriptors, on_device = self._postprocess_torch(
                     scores[0, :h, :w], dense[0]
                 )
                 if c["return_dense"]:  # the only other device -> host copy
@@ -490,8 +497,8 @@ class SuperPoint(Extractor):
                 "processed_size": (w, h),
                 "scale": scale,
                 "postprocess": self.postprocess,
-                **extra,
             },
+            descriptors_device=on_device,
         )
 
     def _postprocess_numpy(
@@ -523,8 +530,9 @@ class SuperPoint(Extractor):
 
     def _postprocess_torch(
         self, scores: torch.Tensor, dense: torch.Tensor
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """`postprocess_torch` where the tensors are, then ONE packed device -> host copy."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
+        """`postprocess_torch` where the tensors are, then ONE packed device -> host copy; the
+        last item is the (N, D) descriptors left on the device."""
         c = self.conf
         out = postprocess_torch(
             scores,
@@ -541,4 +549,4 @@ class SuperPoint(Extractor):
         keypoints = np.ascontiguousarray(host[:n, :2])
         kp_scores = np.ascontiguousarray(host[:n, 2])
         descriptors = np.ascontiguousarray(host[:n, 4:])
-        return keypoints, kp_scores, descriptors, {"descriptors_torch": out["descriptors"][:n]}
+        return keypoints, kp_scores, descriptors, out["descriptors"][:n]

@@ -1,10 +1,8 @@
-"""Inference backends behind one interface: PyTorch, ONNX Runtime (and TensorRT where present).
-
-`supergf_ros.inference.onnx` holds the shared ONNX export and ONNX Runtime helpers.
-"""
+"""Inference: capability detection and backend selection (`backends`), runners (`runners`,
+`tensorrt`), model specs (`spec`), ONNX export (`onnx`) and the TensorRT engine cache."""
 
 from __future__ import annotations
 
-from .onnx import OrtModule, cached_export, default_cache_dir, export_onnx
+from .onnx import cached_export, default_cache_dir, export_onnx
 
-__all__ = ["OrtModule", "cached_export", "default_cache_dir", "export_onnx"]
+__all__ = ["cached_export", "default_cache_dir", "export_onnx"]

@@ -1,17 +1,11 @@
-"""ONNX export and ONNX Runtime execution shared by all networks of the project.
-
-`export_onnx` writes a model atomically; `cached_export` exports once per (name, key) into a cache
-folder; `OrtModule` runs an exported file with numpy inputs in the order of its `input_names`.
-"""
+"""ONNX export shared by all networks: `export_onnx` writes a file atomically, `cached_export`
+once per (name, key) into a cache folder; `configure_cpu_threads` sets up ONNX Runtime sessions."""
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
 
 from ..io_utils import atomic_output
 
@@ -139,81 +133,3 @@ def configure_cpu_threads(options, intra_op_num_threads: int | None = None, spin
     if spinning is None:
         spinning = os.environ.get(ORT_SPINNING_ENV, "0").strip() == "1"
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-
-
-class OrtModule:
-    """Run an ONNX file with ONNX Runtime: `outputs = ort_module(*numpy_inputs)`.
-
-    `intra_op_num_threads` (default: $SUPERGF_ORT_THREADS, else ONNX Runtime's choice) bounds the
-    CPU threads of one session, e.g. to leave cores to other nodes on a robot; idle threads do
-    not spin unless $SUPERGF_ORT_SPINNING=1 (see `configure_cpu_threads`).
-    """
-
-    def __init__(
-        self,
-        path: str | Path,
-        providers: list[str] | None = None,
-        *,
-        intra_op_num_threads: int | None = None,
-    ) -> None:
-        import onnxruntime as ort
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX model not found: {path}")
-        available = ort.get_available_providers()
-        providers = list(providers) if providers else ["CPUExecutionProvider"]
-        missing = [p for p in providers if p not in available]
-        if missing:
-            raise ValueError(
-                f"ONNX Runtime providers {missing} are not available here; available: {available}"
-            )
-        options = ort.SessionOptions()
-        configure_cpu_threads(options, intra_op_num_threads)
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as err:  # onnxruntime raises its own exception types
-            raise ValueError(f"cannot load ONNX model {path}: {err}") from err
-        self.path = path
-        self.providers: list[str] = self.session.get_providers()
-        self.input_names: list[str] = [i.name for i in self.session.get_inputs()]
-        self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
-        self._input_types = {i.name: i.type for i in self.session.get_inputs()}
-
-    _DTYPES = {
-        "tensor(float)": np.float32,
-        "tensor(double)": np.float64,
-        "tensor(int64)": np.int64,
-        "tensor(int32)": np.int32,
-        "tensor(bool)": np.bool_,
-        "tensor(uint8)": np.uint8,
-    }
-
-    def __call__(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Run on positional numpy inputs (in `input_names` order); return all outputs."""
-        if len(inputs) != len(self.input_names):
-            raise ValueError(
-                f"{self.path.name} expects {len(self.input_names)} inputs "
-                f"{self.input_names}, got {len(inputs)}"
-            )
-        feed = {}
-        for name, value in zip(self.input_names, inputs):
-            dtype = self._DTYPES.get(self._input_types[name])
-            array = np.asarray(value)
-            feed[name] = np.ascontiguousarray(array, dtype=dtype) if dtype else array
-        return tuple(self.session.run(self.output_names, feed))
-
-    def run_dict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run with named inputs; return {output name: array}."""
-        missing = set(self.input_names) - set(inputs)
-        if missing:
-            raise ValueError(f"missing ONNX inputs {sorted(missing)}")
-        outputs = self(*(inputs[n] for n in self.input_names))
-        return dict(zip(self.output_names, outputs))
-
-
-def max_abs_diff(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
-    """Largest absolute difference over pairs of arrays (for backend parity checks)."""
-    return max(
-        float(np.max(np.abs(np.asarray(x) - np.asarray(y)), initial=0.0)) for x, y in zip(a, b)
-    )

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Runner, _parse_device
+from .devices import parse_device
 from .engine_cache import EngineCache, canonical_profile, make_engine_key
+from .runners import Runner
 
 logger = logging.getLogger(__name__)
 
@@ -232,13 +233,12 @@ class TensorRTRunner(Runner):
         """`engine`: serialized bytes or an ICudaEngine deserialized on `device`."""
         self._trt = trt = _import_tensorrt()
         self._cuda = cuda = _import_pycuda()
-        kind, device = _parse_device(device)
+        kind, device, index = parse_device(device)
         if kind != "cuda":
             raise ValueError(f"TensorRT runs on a CUDA device, got device {device!r}")
         self.device = device
         self.precision = precision
         cuda.init()
-        index = int(device.split(":")[1]) if ":" in device else 0
         if index >= cuda.Device.count():
             raise ValueError(f"device {device} does not exist ({cuda.Device.count()} CUDA devices)")
         self._context = cuda.Device(index).retain_primary_context()
@@ -281,11 +281,10 @@ class TensorRTRunner(Runner):
         """Load the cached engine for this ONNX/TensorRT/GPU/precision/profile, or build it."""
         trt = _import_tensorrt()
         cuda = _import_pycuda()
-        kind, device = _parse_device(device)
+        kind, device, index = parse_device(device)
         if kind != "cuda":
             raise ValueError(f"TensorRT runs on a CUDA device, got device {device!r}")
         cuda.init()
-        index = int(device.split(":")[1]) if ":" in device else 0
         gpu = cuda.Device(index)
         cc = "".join(str(v) for v in gpu.compute_capability())
         workspace_bytes = int(workspace_bytes or DEFAULT_WORKSPACE_BYTES)

@@ -156,7 +156,8 @@ class Localizer:
                 "device": "cpu",
                 "reason": "the map's local features and global descriptor need no network",
             }
-        choice = select_backend(backend, device)
+        self._backend_choice = select_backend(backend, device)  # handed to both networks
+        choice = self._backend_choice
         return {"backend": choice.backend, "device": choice.device, "reason": choice.reason}
 
     def _prepare_keyframes(self) -> None:
@@ -207,13 +208,7 @@ class Localizer:
 
     def _map_needs_dense(self) -> bool:
         """Whether the map's global descriptor reads the dense local descriptor map."""
-        ident = self.map.aggregator
-        name = str(ident["name"])
-        if name in ("supergf-sparse", "vlad"):
-            return False
-        if name == "gem":
-            return dict(ident.get("config", {})).get("source", "auto") != "sparse"
-        return True
+        return self._build_aggregator().needs_dense
 
     def _build_extractor(self):
         from ..features import EXTRACTORS, create_extractor
@@ -229,8 +224,8 @@ class Localizer:
                 "SUPERGF_SUPERPOINT_WEIGHTS"
             )
             conf["weights"] = str(weights) if weights else None
-            conf["backend"] = self.backend_info["backend"]
-            conf["device"] = self.backend_info["device"]
+            conf["backend"] = self._backend_choice
+            conf["device"] = self._backend_choice.device
             if self.conf["resize_max"] is not None:
                 conf["resize_max"] = int(self.conf["resize_max"])
             # the dense map is a second device -> host copy: only when retrieval reads it
@@ -254,6 +249,8 @@ class Localizer:
         return extractor
 
     def _build_aggregator(self):
+        if getattr(self, "_aggregator", None) is not None:  # built early by _map_needs_dense
+            return self._aggregator
         from ..models.aggregators import AGGREGATORS, create_aggregator
 
         ident = self.map.aggregator
@@ -266,8 +263,8 @@ class Localizer:
         if name.startswith("supergf"):
             if self.conf["supergf_weights"]:
                 conf["weights"] = str(self.conf["supergf_weights"])
-            conf["backend"] = self.backend_info["backend"]
-            conf["device"] = self.backend_info["device"]
+            conf["backend"] = self._backend_choice
+            conf["device"] = self._backend_choice.device
         aggregator = create_aggregator(name, **conf)
         if self.map.aggregator_state:
             aggregator.load_state(dict(self.map.aggregator_state))
@@ -283,6 +280,7 @@ class Localizer:
             raise ValueError(
                 f"map global descriptors are {gdim}-D but '{name}' gives {aggregator.dim}-D"
             )
+        self._aggregator = aggregator
         return aggregator
 
     # -- localization --------------------------------------------------------------------------
@@ -446,7 +444,7 @@ class Localizer:
             "distance_threshold": conf["distance_threshold"],
         }
         if self._matcher is not None:  # all keyframes at once on the device, one host copy
-            qdesc = features.extra.get("descriptors_torch")
+            qdesc = features.descriptors_device
             if qdesc is None or tuple(qdesc.shape) != features.descriptors.shape:
                 qdesc = features.descriptors  # uploaded once for all keyframes
             raw = self._matcher.match(qdesc, keyframe_ids, **thresholds)

@@ -64,7 +64,7 @@ def apply_backend(
     choice = select_backend(backend, device)
     for conf in targets:
         if "backend" not in conf:
-            conf["backend"] = choice.backend
+            conf["backend"] = choice  # resolved once: the networks do not select again
             conf.setdefault("device", choice.device)
     return choice
 

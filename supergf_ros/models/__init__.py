@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from .checkpoint import (
     build_model,
-    cached_model_onnx,
     default_weights_path,
-    export_model_onnx,
     load_checkpoint,
     save_checkpoint,
 )
@@ -18,10 +16,8 @@ __all__ = [
     "SuperGFSparse",
     "available_global_descriptors",
     "build_model",
-    "cached_model_onnx",
     "create_aggregator",
     "default_weights_path",
-    "export_model_onnx",
     "load_checkpoint",
     "save_checkpoint",
 ]

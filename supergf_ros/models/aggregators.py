@@ -20,7 +20,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..features.base import LocalFeatures
-from .checkpoint import default_weights_path
+from ..inference.backends import create_runner, resolve_backend
+from .checkpoint import default_weights_path, load_checkpoint, model_key
+from .spec import supergf_spec
 
 FEATURE_DIMS = {"superpoint": 256, "sift": 128}
 COMMON_CONF: dict[str, Any] = {"features": "superpoint", "input_dim": None}
@@ -42,11 +44,16 @@ def _sha256_arrays(*arrays: np.ndarray) -> str:
 
 
 class GlobalAggregator:
-    """Base class: turns the local features of one image into a global descriptor."""
+    """Base class: turns the local features of one image into a global descriptor.
+
+    `needs_fit`: `fit` must see the map's features first; `needs_dense`: it reads
+    `LocalFeatures.dense` (extractors may skip that map otherwise).
+    """
 
     name: ClassVar[str] = ""
     default_conf: ClassVar[dict[str, Any]] = {}
     needs_fit: ClassVar[bool] = False
+    needs_dense: bool = True
     dim: int
 
     def __init__(self, **conf: Any) -> None:
@@ -133,7 +140,7 @@ class SuperGFAggregator(GlobalAggregator):
     variant: ClassVar[str] = ""
     default_conf: ClassVar[dict[str, Any]] = {
         "weights": None,  # checkpoint path; None -> the shipped default for `features`
-        "backend": "torch",  # "torch" | "onnxruntime" | "tensorrt" | "auto" (select_backend)
+        "backend": "torch",  # "torch" | "onnxruntime" | "tensorrt" | "auto" | a BackendChoice
         "device": "cpu",  # "cpu" | "cuda[:N]" | "auto"
         "onnx_cache_dir": None,
         "model": None,  # an in-memory SuperGF model instead of a checkpoint (training, tests)
@@ -141,35 +148,47 @@ class SuperGFAggregator(GlobalAggregator):
 
     def __init__(self, **conf: Any) -> None:
         super().__init__(**conf)
-        import torch  # noqa: F401  (fail early and clearly if torch is missing)
-
-        from .checkpoint import load_checkpoint, model_key
-
         c = self.conf
-        from ..inference.backends import resolve_backend
+        choice = resolve_backend(c["backend"], c["device"])  # a given BackendChoice is kept
+        if not isinstance(c["backend"], str):  # the conf holds names
+            c["backend"], c["device"] = choice.backend, choice.device
+        self.backend, self.device = choice.backend, choice.device
+        self._load_model()
+        self._check_input_dim(conf)
+        self.dim = self.model.dim
+        if choice.backend != "torch":
+            self.model = self.model.cpu()  # ONNX export runs on the CPU
+        if choice.backend == "tensorrt":
+            self.max_batch = 1  # engines are built for batch 1 (bounded memory on a Jetson)
+        spec = supergf_spec(self.model, self.weights_sha256)
+        self._runner = create_runner(spec, choice, onnx_cache_dir=c["onnx_cache_dir"])
 
-        backend, device, choice = resolve_backend(c["backend"], c["device"])
-        self.backend, self.device = backend, device  # resolved
+    def _load_model(self) -> None:
+        """`model` (eval), `weights_sha256` and `weights_path` from conf `model` or `weights`."""
+        c = self.conf
         if c["model"] is not None:
             self.model = c["model"].eval()
             if self.model.name != self.name:
                 raise ValueError(f"model is a '{self.model.name}', expected '{self.name}'")
             self.weights_sha256 = model_key(self.model)
             self.weights_path = None
-        else:
-            path = Path(c["weights"]) if c["weights"] else None
-            if path is None:
-                path = default_weights_path(self.variant, c["features"])
-                if not path.is_file():
-                    raise FileNotFoundError(
-                        f"no trained {self.name} weights for {c['features']} features at {path}. "
-                        f"Train them with `supergf-ros train` and place the checkpoint there, or "
-                        f"pass weights=PATH (--supergf-weights PATH); the training-free 'vlad' and "
-                        f"'gem' global descriptors work without weights."
-                    )
-            self.model, info = load_checkpoint(path, expected_model=self.name)
-            self.weights_sha256 = info["weights_sha256"]
-            self.weights_path = path
+            return
+        path = Path(c["weights"]) if c["weights"] else None
+        if path is None:
+            path = default_weights_path(self.variant, c["features"])
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"no trained {self.name} weights for {c['features']} features at {path}. "
+                    f"Train them with `supergf-ros train` and place the checkpoint there, or "
+                    f"pass weights=PATH (--supergf-weights PATH); the training-free 'vlad' and "
+                    f"'gem' global descriptors work without weights."
+                )
+        self.model, info = load_checkpoint(path, expected_model=self.name)
+        self.weights_sha256 = info["weights_sha256"]
+        self.weights_path = path
+
+    def _check_input_dim(self, conf: dict[str, Any]) -> None:
+        """The model fixes input_dim (and the features its weights were made for)."""
         model_dim = int(self.model.conf["input_dim"])
         if conf.get("input_dim") is not None and int(conf["input_dim"]) != model_dim:
             raise ValueError(
@@ -186,29 +205,6 @@ class SuperGFAggregator(GlobalAggregator):
         if "features" not in conf:  # name the features the weights were made for
             by_dim = {d: f for f, d in FEATURE_DIMS.items()}
             self.conf["features"] = by_dim.get(model_dim, self.conf["features"])
-        self.dim = self.model.dim
-        self._ort = None
-        self._runner = None
-        if backend == "tensorrt" or (backend == "onnxruntime" and device.startswith("cuda")):
-            from ..inference.backends import create_runner, select_backend
-            from ..inference.export import supergf_spec
-
-            self.model = self.model.cpu()
-            if backend == "tensorrt":
-                self.max_batch = 1  # engines are built for batch 1 (bounded memory on a Jetson)
-            choice = choice or select_backend(backend, device)
-            spec = supergf_spec(self.model, self.weights_sha256)
-            self._runner = create_runner(spec, choice, onnx_cache_dir=c["onnx_cache_dir"])
-        elif backend == "onnxruntime":
-            from ..inference.onnx import OrtModule
-            from .checkpoint import cached_model_onnx
-
-            self.model = self.model.cpu()
-            self._ort = OrtModule(
-                cached_model_onnx(self.model, self.weights_sha256, c["onnx_cache_dir"])
-            )
-        else:
-            self.model = self.model.to(device)
 
     def _identity_keys(self) -> set[str]:
         return {"features"}
@@ -222,21 +218,8 @@ class SuperGFAggregator(GlobalAggregator):
         return self.weights_sha256
 
     def _run(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
-        """First output of the model for positional numpy inputs."""
-        if self._runner is not None:  # TensorRT, or ONNX Runtime on CUDA
-            return self._runner(dict(zip(self.model.input_names, inputs)))["global_descriptor"]
-        if self._ort is not None:
-            return self._ort(*inputs)[0]
-        import torch
-
-        device = self.device
-        with torch.inference_mode():
-            tensors = {
-                k: torch.from_numpy(np.ascontiguousarray(v)).to(device)
-                for k, v in zip(self.model.input_names, inputs)
-            }
-            out = self.model(tensors)["global_descriptor"]
-        return out.float().cpu().numpy()
+        """The global descriptors for positional numpy inputs."""
+        return self._runner(dict(zip(self.model.input_names, inputs)))["global_descriptor"]
 
 
 class SuperGFSparseAggregator(SuperGFAggregator):
@@ -244,6 +227,7 @@ class SuperGFSparseAggregator(SuperGFAggregator):
 
     name = "supergf-sparse"
     variant = "sparse"
+    needs_dense = False
 
     max_batch: ClassVar[int] = 32
 
@@ -323,6 +307,7 @@ class VLADAggregator(GlobalAggregator):
             raise ValueError(f"num_clusters must be >= 1, got {self.conf['num_clusters']}")
         self.num_clusters = int(self.conf["num_clusters"])
         self.dim = self.num_clusters * self.input_dim
+        self.needs_dense = self.conf["source"] == "dense"
         self.centroids: np.ndarray | None = None
 
     def _local(self, features: LocalFeatures) -> np.ndarray:
@@ -473,6 +458,7 @@ class GeMAggregator(GlobalAggregator):
         if float(self.conf["p"]) <= 0:
             raise ValueError(f"GeM exponent p must be > 0, got {self.conf['p']}")
         self.dim = self.input_dim * (2 if self.conf["signed"] else 1)
+        self.needs_dense = self.conf["source"] != "sparse"
 
     def _single(self, features: LocalFeatures) -> np.ndarray:
         source = self.conf["source"]
@@ -506,8 +492,8 @@ def create_aggregator(name: str, **conf: Any) -> GlobalAggregator:
     """Build a global aggregator by name: supergf-sparse, supergf-dense, vlad, gem.
 
     Common options: features ("superpoint" | "sift"), input_dim (overrides the features' dim).
-    SuperGF: weights (path; default the shipped checkpoint), backend ("torch" | "onnxruntime"),
-    device, onnx_cache_dir, model (in-memory model). VLAD: num_clusters, kmeans_iterations,
+    SuperGF: weights (path; default the shipped checkpoint), backend (a name or a resolved
+    `BackendChoice`), device, onnx_cache_dir, model (in-memory model). VLAD: num_clusters, kmeans_iterations,
     max_training_descriptors, power, seed. GeM: p, signed, source.
     """
     if name not in AGGREGATORS:

@@ -134,7 +134,7 @@ def load_checkpoint(
     return model, info
 
 
-def model_key(model: SuperGFBase, weights_sha256: str = "") -> str:
+def model_key(model: torch.nn.Module, weights_sha256: str = "") -> str:
     """Hash of model name + config + weights (file hash if given, else the parameters)."""
     digest = hashlib.sha256()
     digest.update(model.name.encode())
@@ -146,47 +146,3 @@ def model_key(model: SuperGFBase, weights_sha256: str = "") -> str:
             digest.update(k.encode())
             digest.update(v.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def export_model_onnx(model: SuperGFBase, path: str | Path, opset: int = 17) -> Path:
-    """Export a SuperGF model to ONNX with dynamic batch and image/token size or keypoint count."""
-    from ..inference.onnx import export_onnx
-
-    return export_onnx(
-        _Positional(model),
-        model.example_inputs(),
-        path,
-        input_names=list(model.input_names),
-        output_names=list(model.output_names),
-        dynamic_axes=dict(model.dynamic_axes),
-        opset=opset,
-    )
-
-
-def cached_model_onnx(
-    model: SuperGFBase, weights_sha256: str = "", cache_dir: str | Path | None = None
-) -> Path:
-    """Export once per (model, config, weights) into the ONNX cache; return the .onnx path."""
-    from ..inference.onnx import cached_export
-
-    return cached_export(
-        _Positional(model),
-        model.name,
-        model_key(model, weights_sha256),
-        model.example_inputs(),
-        input_names=list(model.input_names),
-        output_names=list(model.output_names),
-        dynamic_axes=dict(model.dynamic_axes),
-        cache_dir=cache_dir,
-    )
-
-
-class _Positional(torch.nn.Module):
-    """Positional-argument view of a dict-in/dict-out model, for ONNX export."""
-
-    def __init__(self, model: SuperGFBase) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.model.forward_positional(*inputs)

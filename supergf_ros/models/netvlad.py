@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..inference.spec import ModelSpec
+from .checkpoint import model_key
+
 # VGG16 "D" configuration up to conv5_3 (+ ReLU); the last max-pool is dropped, as in NetVLAD.
 VGG16_CONV5 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 
@@ -39,6 +42,7 @@ class NetVLAD(nn.Module):
     """VGG16 conv5_3 + NetVLAD. Input {"image": (B, 3, H, W) in [0, 1]} ->
     {"global_descriptor": (B, num_clusters * 512)}."""
 
+    name: ClassVar[str] = "netvlad"
     default_conf: ClassVar[dict[str, Any]] = {"num_clusters": 64}
 
     def __init__(self, conf: dict[str, Any] | None = None) -> None:
@@ -81,3 +85,17 @@ class NetVLADPositional(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net({"image": image})["global_descriptor"]
+
+
+def netvlad_spec(net: NetVLAD) -> ModelSpec:
+    """ModelSpec for a NetVLAD ("image" (B, 3, H, W) in [0, 1] -> "global_descriptor")."""
+    wrapped = NetVLADPositional(net).eval()
+    return ModelSpec(
+        name="netvlad",
+        build_module=lambda: wrapped,
+        example_inputs=lambda: (torch.zeros(1, 3, 64, 64).numpy(),),
+        input_names=["image"],
+        output_names=["global_descriptor"],
+        dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}},
+        key=model_key(net),
+    )
