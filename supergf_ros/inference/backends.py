@@ -25,6 +25,9 @@ from .spec import ModelSpec
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("tensorrt", "onnxruntime", "torch")
+BACKEND_OPTIONS = ("auto", "torch", "onnxruntime", "tensorrt")  # what users may ask for
+DEVICE_OPTIONS = ("auto", "cpu", "cuda")  # or "cuda:N"
+AUTO_BACKEND_ORDER = "TensorRT > ONNX Runtime CUDA > PyTorch CUDA > ONNX Runtime CPU > PyTorch CPU"
 
 # ONNX Runtime beat PyTorch on this project's networks on the 2-core development CPU
 # (SuperPoint 640x480 and SuperGF dense / sparse, fp32, median of repeated runs; see the report of

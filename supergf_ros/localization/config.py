@@ -9,11 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..inference.backends import AUTO_BACKEND_ORDER, BACKEND_OPTIONS
 from .retrieval import INDEX_KINDS
 
-BACKEND_OPTIONS = ("auto", "torch", "onnxruntime", "tensorrt")
-DEVICE_OPTIONS = ("auto", "cpu", "cuda")
-AUTO_BACKEND_ORDER = "TensorRT > ONNX Runtime CUDA > PyTorch CUDA > ONNX Runtime CPU > PyTorch CPU"
 MATCH_BACKENDS = ("auto", "numpy", "torch")
 
 

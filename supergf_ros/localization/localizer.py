@@ -104,8 +104,8 @@ class Localizer:
         self.conf = {**self.default_conf, **check_conf(dict(conf or {}))}
         self.map = map_data
         self.backend_info = self._select_backend()
-        self.extractor = self._build_extractor()
-        self.aggregator = self._build_aggregator()
+        self.aggregator = self._build_aggregator()  # first: it says whether it reads the dense map
+        self.extractor = self._build_extractor(self.aggregator.needs_dense)
         self.index = GlobalIndex(map_data.global_descriptors, kind=self.conf["index"])
         self.spatial_index = KeyframeSpatialIndex(map_data.cam_from_world)
         self._prepare_keyframes()
@@ -206,11 +206,7 @@ class Localizer:
         )
         return matcher
 
-    def _map_needs_dense(self) -> bool:
-        """Whether the map's global descriptor reads the dense local descriptor map."""
-        return self._build_aggregator().needs_dense
-
-    def _build_extractor(self):
+    def _build_extractor(self, needs_dense: bool):
         from ..features import EXTRACTORS, create_extractor
 
         ident = self.map.extractor
@@ -229,7 +225,7 @@ class Localizer:
             if self.conf["resize_max"] is not None:
                 conf["resize_max"] = int(self.conf["resize_max"])
             # the dense map is a second device -> host copy: only when retrieval reads it
-            conf["return_dense"] = self._map_needs_dense()
+            conf["return_dense"] = needs_dense
         if self.conf["max_keypoints"] is not None:
             conf["max_keypoints"] = int(self.conf["max_keypoints"])
         extractor = create_extractor(name, **conf)
@@ -249,8 +245,6 @@ class Localizer:
         return extractor
 
     def _build_aggregator(self):
-        if getattr(self, "_aggregator", None) is not None:  # built early by _map_needs_dense
-            return self._aggregator
         from ..models.aggregators import AGGREGATORS, create_aggregator
 
         ident = self.map.aggregator
@@ -280,7 +274,6 @@ class Localizer:
             raise ValueError(
                 f"map global descriptors are {gdim}-D but '{name}' gives {aggregator.dim}-D"
             )
-        self._aggregator = aggregator
         return aggregator
 
     # -- localization --------------------------------------------------------------------------
