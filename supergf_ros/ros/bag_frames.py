@@ -95,9 +95,14 @@ def extract_frames(
                 (out_dir / FRAMES_FILE).unlink(missing_ok=True)
     except ReaderError as err:
         raise ValueError(f"cannot read bag {bag_path}: {err}") from err
+    return _write_description(bag_path, out_dir, conn.topic, written, skipped, every, max_size)
+
+
+def _write_description(bag_path, out_dir, topic, written, skipped, every, max_size) -> dict:
+    """Write ``frames.json``; the summary of the extraction."""
     summary: dict[str, Any] = {
         "num_frames": len(written),
-        "image_topic": conn.topic,
+        "image_topic": topic,
         "out_dir": str(out_dir),
         "first_stamp_ns": min(written),
         "last_stamp_ns": max(written),
@@ -106,7 +111,7 @@ def extract_frames(
     info = {
         "format": FRAMES_FORMAT,
         "bag": str(bag_path.resolve()),
-        "image_topic": conn.topic,
+        "image_topic": topic,
         "num_frames": len(written),
         "first_stamp_ns": summary["first_stamp_ns"],
         "last_stamp_ns": summary["last_stamp_ns"],
