@@ -30,6 +30,51 @@ def find_superpoint_weights(path: str | Path | None) -> Path | None:
     return None
 
 
+def choose_features(features: str, superpoint_weights, backend: str) -> tuple[str, Path | None]:
+    """(local features to use, SuperPoint weights or None); says which and why."""
+    weights = find_superpoint_weights(superpoint_weights) if features != "sift" else None
+    if features == "superpoint" and weights is None:
+        raise FileNotFoundError(
+            "--features superpoint needs SuperPoint weights: pass --superpoint-weights "
+            "PATH/superpoint_v1.pth or set $SUPERGF_SUPERPOINT_WEIGHTS"
+        )
+    if weights is None:
+        print(
+            "SuperPoint weights not found (no --superpoint-weights, $SUPERGF_SUPERPOINT_WEIGHTS "
+            "unset or missing): using SIFT local features instead."
+            if features == "auto"
+            else "using SIFT local features (--features sift)."
+        )
+        return "sift", None
+    from supergf_ros.inference.backends import select_backend
+
+    choice = select_backend(backend)
+    print(f"using SuperPoint local features with weights {weights}")
+    print(f"inference backend: {choice.backend} on {choice.device} ({choice.reason})")
+    return "superpoint", weights
+
+
+def _build_demo_map(scene: Path, map_path: Path, features: str, weights, backend, progress):
+    from supergf_ros.datasets import read_image_list
+    from supergf_ros.mapping.build_map import build_map
+
+    print(f"[2/4] building the map {map_path}")
+    extractor_conf = {"weights": str(weights)} if weights is not None else None
+    summary = build_map(
+        scene,
+        map_path,
+        image_names=read_image_list(scene / "mapping.txt"),
+        features=features,
+        extractor_conf=extractor_conf,
+        backend=backend,
+        progress=progress,
+    )
+    print(
+        f"      {summary['num_keyframes']} keyframes, {summary['num_points3D']} 3D points, "
+        f"global descriptor {summary.get('global', '?')}"
+    )
+
+
 def run_demo(
     output_dir: str | Path = "demo_output",
     *,
@@ -49,7 +94,6 @@ def run_demo(
     available here, e.g. ONNX Runtime on a CPU)."""
     from supergf_ros.datasets import read_image_list
     from supergf_ros.datasets.synthetic import SceneConfig, generate_scene
-    from supergf_ros.mapping.build_map import build_map
     from supergf_ros.ros.make_bag import make_bag
     from supergf_ros.ros.replay import replay_bag
 
@@ -57,26 +101,7 @@ def run_demo(
         raise ValueError(f"features must be auto, superpoint or sift, got '{features}'")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    weights = find_superpoint_weights(superpoint_weights) if features != "sift" else None
-    if features == "superpoint" and weights is None:
-        raise FileNotFoundError(
-            "--features superpoint needs SuperPoint weights: pass --superpoint-weights "
-            "PATH/superpoint_v1.pth or set $SUPERGF_SUPERPOINT_WEIGHTS"
-        )
-    chosen = "superpoint" if weights is not None else "sift"
-    if chosen == "sift":
-        print(
-            "SuperPoint weights not found (no --superpoint-weights, $SUPERGF_SUPERPOINT_WEIGHTS "
-            "unset or missing): using SIFT local features instead."
-            if features == "auto"
-            else "using SIFT local features (--features sift)."
-        )
-    else:
-        from supergf_ros.inference.backends import select_backend
-
-        choice = select_backend(backend)
-        print(f"using SuperPoint local features with weights {weights}")
-        print(f"inference backend: {choice.backend} on {choice.device} ({choice.reason})")
+    chosen, weights = choose_features(features, superpoint_weights, backend)
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -88,34 +113,14 @@ def run_demo(
 
     t = time.perf_counter()
     map_path = out / f"map_{chosen}.h5"
-    print(f"[2/4] building the map {map_path}")
-    extractor_conf = {"weights": str(weights)} if weights is not None else None
-    summary = build_map(
-        scene,
-        map_path,
-        image_names=read_image_list(scene / "mapping.txt"),
-        features=chosen,
-        extractor_conf=extractor_conf,
-        backend=backend,
-        progress=progress,
-    )
-    print(
-        f"      {summary['num_keyframes']} keyframes, {summary['num_points3D']} 3D points, "
-        f"global descriptor {summary.get('global', '?')}"
-    )
+    _build_demo_map(scene, map_path, chosen, weights, backend, progress)
     timings["map_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     bag = out / "queries_bag"
     print(f"[3/4] writing a rosbag2 (MCAP) of the query frames to {bag}")
-    make_bag(
-        scene,
-        bag,
-        image_names=read_image_list(scene / "queries.txt"),
-        rate_hz=2.0,
-        overwrite=True,
-        progress=progress,
-    )
+    queries = read_image_list(scene / "queries.txt")
+    make_bag(scene, bag, image_names=queries, rate_hz=2.0, overwrite=True, progress=progress)
     timings["bag_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

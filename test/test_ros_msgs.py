@@ -9,8 +9,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
-
-from supergf_ros.ros.testing import IsolatedRos, wait_until  # noqa: E402
+from ros_testing import IsolatedRos, wait_until  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

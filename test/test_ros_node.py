@@ -16,6 +16,7 @@ pytestmark = pytest.mark.ros
 
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from ros_testing import IsolatedRos, synthetic_sift_map, wait_until  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from supergf_ros.ros.conversions import (  # noqa: E402
@@ -25,7 +26,6 @@ from supergf_ros.ros.conversions import (  # noqa: E402
     stamp_to_ns,
 )
 from supergf_ros.ros.replay import stop_node  # noqa: E402
-from supergf_ros.ros.testing import IsolatedRos, synthetic_sift_map, wait_until  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_EXE = Path(sys.executable).parent / "localizer_node"

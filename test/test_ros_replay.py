@@ -20,11 +20,11 @@ CLI = [sys.executable, "-m", "supergf_ros.cli"]
 
 
 def test_make_bag_writes_mcap_with_source_and_reference_poses(cache_dir, tmp_path):
+    from ros_testing import synthetic_sift_map
     from rosbags.rosbag2 import Reader
     from rosbags.typesys import Stores, get_typestore
 
     from supergf_ros.ros.make_bag import make_bag, read_source
-    from supergf_ros.ros.testing import synthetic_sift_map
 
     scene = synthetic_sift_map(cache_dir)
     names = scene["queries"][:3]
@@ -58,8 +58,9 @@ def test_make_bag_writes_mcap_with_source_and_reference_poses(cache_dir, tmp_pat
 
 @pytest.mark.ros
 def test_replay_at_rate_drops_frames_and_reports(cache_dir, tmp_path):
+    from ros_testing import synthetic_sift_map
+
     from supergf_ros.ros.make_bag import make_bag
-    from supergf_ros.ros.testing import synthetic_sift_map
 
     scene = synthetic_sift_map(cache_dir)
     make_bag(

@@ -103,65 +103,18 @@ class SceneConfig:
     num_points: int = 3000
 
     def __post_init__(self) -> None:
-        for name in (
-            "width",
-            "height",
-            "num_boxes",
-            "num_pillars",
-            "num_map",
-            "num_queries",
-            "yaw_sweeps",
-            "num_points",
-        ):
+        for name, (kind, ok, message) in _FIELD_CHECKS.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"SceneConfig.{name} must be an integer, got {value!r}")
-            setattr(self, name, int(value))
-        for name in (
-            "camera_height",
-            "yaw_sweep_deg",
-            "pitch_deg",
-            "query_offset",
-            "query_height_offset",
-            "query_yaw_offset_deg",
-            "query_tilt_deg",
-            "texture_ppm",
-            "query_exposure",
-            "query_noise_std",
-            "query_blur_sigma",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-                raise ValueError(f"SceneConfig.{name} must be a number, got {value!r}")
-            setattr(self, name, float(value))
-        if self.focal is not None and (
-            isinstance(self.focal, bool) or not isinstance(self.focal, (int, float, np.number))
-        ):
-            raise ValueError(f"SceneConfig.focal must be a number or None, got {self.focal!r}")
+            if kind is not None:
+                value = _typed(name, value, kind)
+                setattr(self, name, value)
+            if ok is not None and not ok(value):
+                raise ValueError(message.format(name=name, value=value))
         if not (32 <= self.width <= 8192 and 32 <= self.height <= 8192):
             raise ValueError(
                 f"image size must be between 32 and 8192 px, got {self.width}x{self.height}"
             )
-        if self.focal is not None and not (math.isfinite(self.focal) and self.focal > 0):
-            raise ValueError(f"SceneConfig.focal must be a positive number, got {self.focal!r}")
-        try:
-            room = tuple(float(v) for v in self.room_size)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"room_size must be 3 numbers, got {self.room_size!r}") from err
-        if len(room) != 3 or not all(math.isfinite(v) for v in room):
-            raise ValueError(
-                f"room_size must be 3 finite numbers (x, y, z), got {self.room_size!r}"
-            )
-        if room[0] < 3.0 or room[1] < 3.0 or room[2] < 2.0:
-            raise ValueError(f"room_size must be at least (3, 3, 2) metres, got {room}")
-        if max(room) > 100.0:
-            raise ValueError(f"room_size must be at most 100 metres per side, got {room}")
-        self.room_size = room
-        if self.num_map < 2:
-            raise ValueError(f"num_map must be >= 2, got {self.num_map}")
-        for name in ("num_queries", "num_boxes", "num_pillars", "yaw_sweeps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        self.room_size = room = _room_size(self.room_size)
         if self.num_map + self.num_queries > 9999:
             raise ValueError("at most 9999 frames (num_map + num_queries) per scene")
         if self.num_boxes + self.num_pillars > 50:
@@ -177,40 +130,11 @@ class SceneConfig:
                 f"camera_height + query_height_offset = {qz:.2f} m must stay within "
                 f"[0.3, {room[2] - 0.3:.2f}] m"
             )
-        for name, bound in (
-            ("yaw_sweep_deg", 90.0),
-            ("pitch_deg", 45.0),
-            ("query_yaw_offset_deg", 90.0),
-            ("query_tilt_deg", 20.0),
-        ):
-            value = float(getattr(self, name))
-            if not (math.isfinite(value) and abs(value) <= bound):
-                raise ValueError(f"{name} must be within [-{bound}, {bound}], got {value}")
-        if not math.isfinite(self.query_offset):
-            raise ValueError(f"query_offset must be finite, got {self.query_offset}")
-        if not (20.0 <= self.texture_ppm <= 1000.0):
-            raise ValueError(
-                f"texture_ppm must be within [20, 1000] texels per metre, got {self.texture_ppm}"
-            )
         texels = self.texture_ppm**2 * 2 * (room[0] * room[1] + room[2] * (room[0] + room[1]))
         if texels > 1e8:
             raise ValueError(
                 f"textures would need {texels / 1e6:.0f} Mtexels; lower texture_ppm or room_size"
             )
-        if self.image_format not in ("png", "jpg"):
-            raise ValueError(f"image_format must be 'png' or 'jpg', got {self.image_format!r}")
-        if not (1 <= int(self.jpeg_quality) <= 100):
-            raise ValueError(f"jpeg_quality must be within [1, 100], got {self.jpeg_quality}")
-        if not (0.0 <= self.query_exposure < 0.9):
-            raise ValueError(f"query_exposure must be within [0, 0.9), got {self.query_exposure}")
-        if not (0.0 <= self.query_noise_std <= 50.0):
-            raise ValueError(f"query_noise_std must be within [0, 50], got {self.query_noise_std}")
-        if not (0.0 <= self.query_blur_sigma <= 10.0):
-            raise ValueError(
-                f"query_blur_sigma must be within [0, 10], got {self.query_blur_sigma}"
-            )
-        if self.num_points < 0:
-            raise ValueError(f"num_points must be >= 0, got {self.num_points}")
         if self.texture_dir is not None:
             self.texture_dir = Path(self.texture_dir)
             if not self.texture_dir.is_dir():
@@ -219,16 +143,19 @@ class SceneConfig:
                 raise ValueError(
                     f"texture_dir {self.texture_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
                 )
-        # The loops must fit in the room with clearance from the walls and the obstacles.
+        self._check_loops_fit()
+
+    def _check_loops_fit(self) -> None:
+        """The loops need 0.4 m clearance from the walls (and fit around the obstacles)."""
+        room = self.room_size
         a, b = _loop_axes(self)
         reach = max(0.0, self.query_offset)
         inner = min(0.0, self.query_offset)
-        if min(a, b) + inner < 0.5 or room[0] / 2 - (a + reach) < 0.4:
-            raise ValueError(
-                f"query_offset {self.query_offset} m does not fit in a room of "
-                f"{room[0]} x {room[1]} m (the loops need 0.4 m from the walls)"
-            )
-        if room[1] / 2 - (b + reach) < 0.4:
+        if (
+            min(a, b) + inner < 0.5
+            or room[0] / 2 - (a + reach) < 0.4
+            or room[1] / 2 - (b + reach) < 0.4
+        ):
             raise ValueError(
                 f"query_offset {self.query_offset} m does not fit in a room of "
                 f"{room[0]} x {room[1]} m (the loops need 0.4 m from the walls)"
@@ -256,6 +183,85 @@ class SceneConfig:
         return Camera.pinhole(
             f, f, (self.width - 1) / 2.0, (self.height - 1) / 2.0, self.width, self.height
         )
+
+
+_NUMBER = (int, float, np.number)
+_AT_LEAST_0 = (lambda v: v >= 0, "{name} must be >= 0, got {value}")
+_NO_CHECK = (None, "")
+
+
+def _within(lo: float, hi: float, text: str):
+    return (lambda v: lo <= v <= hi, "{name} must be within " + text + ", got {value}")
+
+
+# SceneConfig field -> (type: int, float, "focal" or None to keep the value as is; bound check
+# or None; its error message), checked in this order after the type conversion
+_FIELD_CHECKS: dict[str, tuple[Any, Any, str]] = {
+    "width": (int, *_NO_CHECK),
+    "height": (int, *_NO_CHECK),
+    "num_boxes": (int, *_AT_LEAST_0),
+    "num_pillars": (int, *_AT_LEAST_0),
+    "num_map": (int, lambda v: v >= 2, "{name} must be >= 2, got {value}"),
+    "num_queries": (int, *_AT_LEAST_0),
+    "yaw_sweeps": (int, *_AT_LEAST_0),
+    "num_points": (int, *_AT_LEAST_0),
+    "camera_height": (float, *_NO_CHECK),
+    "yaw_sweep_deg": (float, *_within(-90.0, 90.0, "[-90.0, 90.0]")),
+    "pitch_deg": (float, *_within(-45.0, 45.0, "[-45.0, 45.0]")),
+    "query_offset": (float, math.isfinite, "{name} must be finite, got {value}"),
+    "query_height_offset": (float, *_NO_CHECK),
+    "query_yaw_offset_deg": (float, *_within(-90.0, 90.0, "[-90.0, 90.0]")),
+    "query_tilt_deg": (float, *_within(-20.0, 20.0, "[-20.0, 20.0]")),
+    "texture_ppm": (float, *_within(20.0, 1000.0, "[20, 1000] texels per metre")),
+    "query_exposure": (
+        float,
+        lambda v: 0.0 <= v < 0.9,
+        "{name} must be within [0, 0.9), got {value}",
+    ),
+    "query_noise_std": (float, *_within(0.0, 50.0, "[0, 50]")),
+    "query_blur_sigma": (float, *_within(0.0, 10.0, "[0, 10]")),
+    "focal": (
+        "focal",
+        lambda v: v is None or (math.isfinite(v) and v > 0),
+        "SceneConfig.focal must be a positive number, got {value!r}",
+    ),
+    "image_format": (
+        None,
+        lambda v: v in ("png", "jpg"),
+        "{name} must be 'png' or 'jpg', got {value!r}",
+    ),
+    "jpeg_quality": (
+        None,
+        lambda v: 1 <= int(v) <= 100,
+        "{name} must be within [1, 100], got {value}",
+    ),
+}
+
+
+def _typed(name: str, value: Any, kind: Any) -> Any:
+    """`value` as `kind` (int, float; "focal": a number kept as is, or None)."""
+    if kind == "focal":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, _NUMBER)):
+            raise ValueError(f"SceneConfig.focal must be a number or None, got {value!r}")
+        return value
+    allowed, what = ((int, np.integer), "an integer") if kind is int else (_NUMBER, "a number")
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        raise ValueError(f"SceneConfig.{name} must be {what}, got {value!r}")
+    return kind(value)
+
+
+def _room_size(room_size: Any) -> tuple[float, float, float]:
+    try:
+        room = tuple(float(v) for v in room_size)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"room_size must be 3 numbers, got {room_size!r}") from err
+    if len(room) != 3 or not all(math.isfinite(v) for v in room):
+        raise ValueError(f"room_size must be 3 finite numbers (x, y, z), got {room_size!r}")
+    if room[0] < 3.0 or room[1] < 3.0 or room[2] < 2.0:
+        raise ValueError(f"room_size must be at least (3, 3, 2) metres, got {room}")
+    if max(room) > 100.0:
+        raise ValueError(f"room_size must be at most 100 metres per side, got {room}")
+    return room
 
 
 def _loop_axes(config: SceneConfig) -> tuple[float, float]:

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,139 @@ def _progress(iterable, progress: bool, **kw):
     return tqdm(iterable, **kw)
 
 
+def merge_build_conf(conf: dict | None) -> dict:
+    """`default_build_conf` updated with `conf`; unknown keys raise ValueError."""
+    conf = {**default_build_conf, **(conf or {})}
+    unknown = set(conf) - set(default_build_conf)
+    if unknown:
+        raise ValueError(
+            f"unknown build option(s): {sorted(unknown)}; valid: {sorted(default_build_conf)}"
+        )
+    return conf
+
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str):
+    t = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t
+
+
+def extract_features(dataset, names, extractor, aggregator, progress: bool) -> tuple[list, list]:
+    """(local features, global descriptors, [] when the aggregator must be fitted first)."""
+    feats, globals_ = [], []
+    for name in _progress(names, progress, desc="features", unit="img"):
+        f = extractor.extract(dataset.read_image(name))
+        if not aggregator.needs_fit:
+            globals_.append(np.asarray(aggregator(f), dtype=np.float32))
+            f.dense = None  # free memory; only sparse features go into the map
+        feats.append(f)
+    return feats, globals_
+
+
+def global_descriptors(aggregator, feats: list, globals_: list) -> np.ndarray:
+    """(N, E) global descriptors, fitting the aggregator on `feats` where it needs it."""
+    if aggregator.needs_fit:
+        aggregator.fit(feats)
+        globals_ = [np.asarray(g, dtype=np.float32) for g in aggregator.batch(feats)]
+        for f in feats:
+            f.dense = None
+    return np.stack(globals_).astype(np.float32)
+
+
+def match_pairs(poses, feats: list, global_desc: np.ndarray, conf: dict, progress: bool):
+    """(pairs, {pair: matches}): pose and retrieval neighbours, mutual-NN matched."""
+    from ..matching import match_mutual_nn
+    from .pairs import select_pairs
+
+    pairs = select_pairs(
+        poses,
+        global_desc,
+        num_pose_neighbors=conf["num_pose_neighbors"],
+        max_angle_deg=conf["max_pair_angle_deg"],
+        num_retrieval_neighbors=conf["num_retrieval_neighbors"],
+    )
+    pair_matches = {}
+    for i, j in _progress(pairs, progress, desc="matching", unit="pair"):
+        m, _ = match_mutual_nn(
+            feats[i].descriptors, feats[j].descriptors, ratio_threshold=conf["ratio_threshold"]
+        )
+        pair_matches[(i, j)] = m
+    return pairs, pair_matches
+
+
+def reconstruct(dataset, names, feats, poses, pair_matches, conf: dict):
+    """(kept image indices, cameras, cam_from_world, triangulation result): 3D points from the
+    dataset's poses, or incremental SfM where it has none (unregistered images left out)."""
+    from .triangulation import incremental_sfm, triangulate_known_poses
+
+    keypoints = [f.keypoints for f in feats]
+    if not dataset.has_model:
+        tri = incremental_sfm(None, names, [f.image_size for f in feats], keypoints, pair_matches)
+        keep = [i for i, p in enumerate(tri["cam_from_world"]) if p is not None]
+        if len(keep) < len(names):
+            logger.warning("SfM registered %d of %d images", len(keep), len(names))
+        return keep, tri["cameras"], tri["cam_from_world"], tri
+    cameras = []
+    for name, f in zip(names, feats):
+        cam = dataset.camera(name)
+        w, h = f.image_size
+        if (cam.width, cam.height) != (w, h):  # images stored at another resolution
+            cam = cam.scaled(w / cam.width, h / cam.height)
+        cameras.append(cam)
+    tri = triangulate_known_poses(
+        cameras, poses, names, keypoints, pair_matches, conf["triangulation"]
+    )
+    return list(range(len(names))), cameras, poses, tri
+
+
+def map_data(names, keep, cameras, poses, feats, tri, global_desc, extractor, aggregator):
+    """The MapData of the kept keyframes (build_conf and summary: `write_map_file`)."""
+    from .map_format import MapData, strip_runtime_options
+
+    point3D_ids = tri["point3D_ids"]
+    counts = [len(feats[i]) for i in keep]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return MapData(
+        keyframe_names=[names[i] for i in keep],
+        cameras=[cameras[i] for i in keep],
+        cam_from_world=[poses[i] for i in keep],
+        keypoint_offsets=offsets,
+        keypoints=np.concatenate([feats[i].keypoints for i in keep]).astype(np.float32),
+        scores=np.concatenate([feats[i].scores for i in keep]).astype(np.float32),
+        descriptors=np.concatenate([feats[i].descriptors for i in keep]).astype(np.float32),
+        point3D_ids=np.concatenate([point3D_ids[i] for i in keep]),
+        points3D=tri["points3D"],
+        track_lengths=tri["track_lengths"],
+        point_errors=tri["errors"],
+        global_descriptors=global_desc[keep],
+        extractor=strip_runtime_options(extractor.identity()),
+        aggregator=strip_runtime_options(aggregator.identity()),
+        aggregator_state={k: np.asarray(v) for k, v in aggregator.state().items()},
+    )
+
+
+def write_map_file(out_path: Path, data, build_conf: dict, num_pairs: int) -> tuple[dict, int]:
+    """Write `data` with its build options and summary; (summary, file size in bytes)."""
+    from .map_format import write_map
+
+    data.build_conf = build_conf
+    num_points = len(data.points3D)
+    summary = {
+        "num_keyframes": data.num_keyframes,
+        "num_points3D": num_points,
+        "mean_track_length": float(data.track_lengths.mean()) if num_points else 0.0,
+        "mean_reproj_error_px": float(data.point_errors.mean()) if num_points else 0.0,
+        "num_pairs": num_pairs,
+        "mean_keypoints_per_keyframe": float(np.mean(np.diff(data.keypoint_offsets))),
+        "global": build_conf["global"],
+        "features": build_conf["features"],
+    }
+    data.summary = dict(summary)
+    size = write_map(out_path, data, descriptor_dtype=build_conf["descriptor_dtype"])
+    return summary, size
+
+
 def build_map(
     dataset_dir: str | Path,
     out_path: str | Path,
@@ -93,32 +227,16 @@ def build_map(
 ) -> dict:
     """Build a map file from `dataset_dir` (images/ + COLMAP model with poses, or images only).
 
-    `backend` / `device` run SuperPoint and SuperGF ("auto": the fastest available, see
-    `supergf_ros.inference.backends.select_backend`; a `backend` key in `extractor_conf` or
-    `global_conf` wins). They are not part of the map's identity: any backend can localize
-    against the map.
-
-    With poses: features -> pairs (pose neighbours + retrieval) -> mutual-NN matching ->
-    epipolar check with the known poses -> pycolmap triangulation. Without a model: pycolmap
-    incremental SfM over the same matches (unregistered images are left out of the map).
-
-    Returns a summary dict: num_keyframes, num_points3D, mean_track_length,
-    mean_reproj_error_px, file_size_bytes, bytes_per_keyframe, num_pairs, timings_s.
+    Features -> pairs -> mutual-NN matching -> triangulation from the known poses (or incremental
+    SfM without a model) -> map file. `backend` / `device` run SuperPoint and SuperGF (see
+    `apply_backend`); they are not part of the map's identity. Returns the summary of
+    `write_map_file` plus file_size_bytes, bytes_per_keyframe and timings_s.
     """
     from ..datasets import Dataset
     from ..features import create_extractor
-    from ..matching import match_mutual_nn
     from ..models.aggregators import create_aggregator
-    from .map_format import MapData, strip_runtime_options, write_map
-    from .pairs import select_pairs
-    from .triangulation import incremental_sfm, triangulate_known_poses
 
-    conf = {**default_build_conf, **(conf or {})}
-    unknown = set(conf) - set(default_build_conf)
-    if unknown:
-        raise ValueError(
-            f"unknown build option(s): {sorted(unknown)}; valid: {sorted(default_build_conf)}"
-        )
+    conf = merge_build_conf(conf)
     out_path = Path(out_path)
     if out_path.suffix.lower() not in (".h5", ".hdf5"):
         raise ValueError(f"map path should end with .h5 or .hdf5, got {out_path}")
@@ -139,117 +257,27 @@ def build_map(
     extractor = create_extractor(features, **extractor_conf)
     aggregator = create_aggregator(global_name, **{"features": features, **global_conf})
 
-    # 1. local features (+ global descriptors right away when the aggregator needs no fitting)
-    t = time.perf_counter()
-    feats, globals_ = [], []
-    for name in _progress(names, progress, desc="features", unit="img"):
-        f = extractor.extract(dataset.read_image(name))
-        if not aggregator.needs_fit:
-            globals_.append(np.asarray(aggregator(f), dtype=np.float32))
-            f.dense = None  # free memory; only sparse features go into the map
-        feats.append(f)
-    timings["features"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    if aggregator.needs_fit:
-        aggregator.fit(feats)
-        globals_ = [np.asarray(g, dtype=np.float32) for g in aggregator.batch(feats)]
-        for f in feats:
-            f.dense = None
-    global_desc = np.stack(globals_).astype(np.float32)
-    timings["global"] = time.perf_counter() - t
-
-    # 2. pairs and matching
-    t = time.perf_counter()
-    poses = [dataset.cam_from_world(n) for n in names] if dataset.has_model else None
-    pairs = select_pairs(
-        poses,
-        global_desc,
-        num_pose_neighbors=conf["num_pose_neighbors"],
-        max_angle_deg=conf["max_pair_angle_deg"],
-        num_retrieval_neighbors=conf["num_retrieval_neighbors"],
-    )
-    pair_matches = {}
-    for i, j in _progress(pairs, progress, desc="matching", unit="pair"):
-        m, _ = match_mutual_nn(
-            feats[i].descriptors, feats[j].descriptors, ratio_threshold=conf["ratio_threshold"]
-        )
-        pair_matches[(i, j)] = m
-    timings["matching"] = time.perf_counter() - t
-
-    # 3. 3D points
-    t = time.perf_counter()
-    keypoints = [f.keypoints for f in feats]
-    if dataset.has_model:
-        cameras = []
-        for name, f in zip(names, feats):
-            cam = dataset.camera(name)
-            w, h = f.image_size
-            if (cam.width, cam.height) != (w, h):  # images stored at another resolution
-                cam = cam.scaled(w / cam.width, h / cam.height)
-            cameras.append(cam)
-        tri = triangulate_known_poses(
-            cameras, poses, names, keypoints, pair_matches, conf["triangulation"]
-        )
-        keep = list(range(len(names)))
-    else:
-        tri = incremental_sfm(None, names, [f.image_size for f in feats], keypoints, pair_matches)
-        keep = [i for i, p in enumerate(tri["cam_from_world"]) if p is not None]
-        cameras = tri["cameras"]
-        poses = tri["cam_from_world"]
-        if len(keep) < len(names):
-            logger.warning("SfM registered %d of %d images", len(keep), len(names))
-    timings["triangulation"] = time.perf_counter() - t
-
-    # 4. map file
-    t = time.perf_counter()
-    point3D_ids = tri["point3D_ids"]
-    counts = [len(feats[i]) for i in keep]
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    data = MapData(
-        keyframe_names=[names[i] for i in keep],
-        cameras=[cameras[i] for i in keep],
-        cam_from_world=[poses[i] for i in keep],
-        keypoint_offsets=offsets,
-        keypoints=np.concatenate([feats[i].keypoints for i in keep]).astype(np.float32),
-        scores=np.concatenate([feats[i].scores for i in keep]).astype(np.float32),
-        descriptors=np.concatenate([feats[i].descriptors for i in keep]).astype(np.float32),
-        point3D_ids=np.concatenate([point3D_ids[i] for i in keep]),
-        points3D=tri["points3D"],
-        track_lengths=tri["track_lengths"],
-        point_errors=tri["errors"],
-        global_descriptors=global_desc[keep],
-        extractor=strip_runtime_options(extractor.identity()),
-        aggregator=strip_runtime_options(aggregator.identity()),
-        aggregator_state={k: np.asarray(v) for k, v in aggregator.state().items()},
-        build_conf={
-            **{k: v for k, v in conf.items()},
-            "features": features,
-            "global": global_name,
-            "source": "triangulation" if dataset.has_model else "incremental_sfm",
-        },
-    )
-    num_points = len(data.points3D)
-    summary = {
-        "num_keyframes": data.num_keyframes,
-        "num_points3D": num_points,
-        "mean_track_length": float(data.track_lengths.mean()) if num_points else 0.0,
-        "mean_reproj_error_px": float(data.point_errors.mean()) if num_points else 0.0,
-        "num_pairs": len(pairs),
-        "mean_keypoints_per_keyframe": float(np.mean(counts)),
-        "global": global_name,
-        "features": features,
-    }
-    data.summary = dict(summary)
-    size = write_map(out_path, data, descriptor_dtype=conf["descriptor_dtype"])
-    timings["write"] = time.perf_counter() - t
+    with _timed(timings, "features"):
+        feats, globals_ = extract_features(dataset, names, extractor, aggregator, progress)
+    with _timed(timings, "global"):
+        global_desc = global_descriptors(aggregator, feats, globals_)
+    with _timed(timings, "matching"):
+        poses = [dataset.cam_from_world(n) for n in names] if dataset.has_model else None
+        pairs, pair_matches = match_pairs(poses, feats, global_desc, conf, progress)
+    with _timed(timings, "triangulation"):
+        keep, cameras, poses, tri = reconstruct(dataset, names, feats, poses, pair_matches, conf)
+    with _timed(timings, "write"):
+        data = map_data(names, keep, cameras, poses, feats, tri, global_desc, extractor, aggregator)
+        source = "triangulation" if dataset.has_model else "incremental_sfm"
+        build_conf = {**conf, "features": features, "global": global_name, "source": source}
+        summary, size = write_map_file(out_path, data, build_conf, len(pairs))
     timings["total"] = time.perf_counter() - t0
     summary.update(
         file_size_bytes=int(size),
         bytes_per_keyframe=float(size / data.num_keyframes),
         timings_s={k: round(v, 3) for k, v in timings.items()},
     )
-    if num_points == 0:
+    if summary["num_points3D"] == 0:
         logger.warning("map %s has no 3D points: queries cannot be localized against it", out_path)
     return summary
 

@@ -96,6 +96,28 @@ def _point3D_ids(rec, num_keypoints: Sequence[int]) -> tuple[list[np.ndarray], n
     return ids, xyz, {"track_lengths": track, "errors": error}
 
 
+def _reconstruction(cams_pc: list, names: Sequence[str], keypoints, poses=None):
+    """A pycolmap Reconstruction of the images (ids from 1) with their cameras and keypoints,
+    posed where `poses` (cam_from_world) are given."""
+    import pycolmap
+
+    rec = pycolmap.Reconstruction()
+    for i, (cam_pc, name) in enumerate(zip(cams_pc, names), 1):
+        cam_pc.camera_id = i
+        rec.add_camera_with_trivial_rig(cam_pc)
+        image = pycolmap.Image(
+            name=name,
+            keypoints=np.asarray(keypoints[i - 1], dtype=np.float64).reshape(-1, 2),
+            camera_id=i,
+            image_id=i,
+        )
+        if poses is None:
+            rec.add_image_with_trivial_frame(image)
+        else:
+            rec.add_image_with_trivial_frame(image, poses[i - 1].to_pycolmap())
+    return rec
+
+
 def triangulate_known_poses(
     cameras: Sequence[Camera],
     cam_from_world: Sequence[Pose],
@@ -121,66 +143,21 @@ def triangulate_known_poses(
     unknown = set(conf) - set(default_triangulation_conf)
     if unknown:
         raise ValueError(f"unknown triangulation option(s): {sorted(unknown)}")
-
-    rec = pycolmap.Reconstruction()
-    cams_pc = []
-    for i, (cam, pose, name) in enumerate(zip(cameras, cam_from_world, names), 1):
-        cam_pc = cam.to_pycolmap()
-        cam_pc.camera_id = i
-        rec.add_camera_with_trivial_rig(cam_pc)
-        cams_pc.append(cam_pc)
-        image = pycolmap.Image(
-            name=name,
-            keypoints=np.asarray(keypoints[i - 1], dtype=np.float64).reshape(-1, 2),
-            camera_id=i,
-            image_id=i,
-        )
-        rec.add_image_with_trivial_frame(image, pose.to_pycolmap())
-
-    normalized = [
-        cams_pc[i].cam_from_img(np.asarray(kp, dtype=np.float64).reshape(-1, 2))
-        for i, kp in enumerate(keypoints)
-    ]
+    cams_pc = [cam.to_pycolmap() for cam in cameras]
+    rec = _reconstruction(cams_pc, names, keypoints, cam_from_world)
     with tempfile.TemporaryDirectory(prefix="supergf_tri_", dir=work_dir) as tmp:
         tmp = Path(tmp)
         db = pycolmap.Database.open(str(tmp / "database.db"))
         _fill_database(db, rec, keypoints)
-        num_verified = 0
-        num_pairs = 0
-        for (i, j), m in sorted(pair_matches.items()):
-            m = np.asarray(m, dtype=np.int64).reshape(-1, 2)
-            if len(m) == 0:
-                continue
-            cam1_from_cam0 = cam_from_world[j] * cam_from_world[i].inverse()
-            f = 0.5 * (cams_pc[i].mean_focal_length() + cams_pc[j].mean_focal_length())
-            keep = epipolar_filter(
-                normalized[i], normalized[j], m, cam1_from_cam0, conf["max_epipolar_error_px"] / f
-            )
-            inliers = m[keep].astype(np.uint32)
-            db.write_matches(i + 1, j + 1, m.astype(np.uint32))
-            if len(inliers) < conf["min_num_matches"]:
-                continue
-            tvg = pycolmap.TwoViewGeometry()
-            tvg.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
-            tvg.inlier_matches = inliers
-            tvg.cam2_from_cam1 = cam1_from_cam0.to_pycolmap()
-            db.write_two_view_geometry(i + 1, j + 1, tvg)
-            num_verified += len(inliers)
-            num_pairs += 1
+        num_verified, num_pairs = _write_verified_matches(
+            db, pair_matches, cams_pc, cam_from_world, keypoints, conf
+        )
         db.close()
-        opts = pycolmap.IncrementalPipelineOptions()
-        opts.triangulation.min_angle = conf["min_tri_angle_deg"]
-        opts.triangulation.ignore_two_view_tracks = conf["ignore_two_view_tracks"]
-        opts.triangulation.complete_max_reproj_error = conf["max_reproj_error_px"]
-        opts.triangulation.merge_max_reproj_error = conf["max_reproj_error_px"]
-        opts.mapper.filter_max_reproj_error = conf["max_reproj_error_px"]
-        opts.mapper.filter_min_tri_angle = conf["min_tri_angle_deg"]
-        opts.extract_colors = False
         out_dir = tmp / "model"
         out_dir.mkdir()
         with _quiet_pycolmap():
             rec = pycolmap.triangulate_points(
-                rec, str(tmp / "database.db"), str(tmp), str(out_dir), options=opts
+                rec, str(tmp / "database.db"), str(tmp), str(out_dir), options=_tri_options(conf)
             )
     ids, xyz, stats = _point3D_ids(rec, [len(k) for k in keypoints])
     return {
@@ -190,6 +167,54 @@ def triangulate_known_poses(
         "num_pairs": num_pairs,
         **stats,
     }
+
+
+def _write_verified_matches(db, pair_matches, cams_pc, cam_from_world, keypoints, conf):
+    """Write every pair's matches and, where enough pass the epipolar check with the known
+    poses, a CALIBRATED two-view geometry; (verified matches, verified pairs)."""
+    import pycolmap
+
+    normalized = [
+        cams_pc[i].cam_from_img(np.asarray(kp, dtype=np.float64).reshape(-1, 2))
+        for i, kp in enumerate(keypoints)
+    ]
+    num_verified = 0
+    num_pairs = 0
+    for (i, j), m in sorted(pair_matches.items()):
+        m = np.asarray(m, dtype=np.int64).reshape(-1, 2)
+        if len(m) == 0:
+            continue
+        cam1_from_cam0 = cam_from_world[j] * cam_from_world[i].inverse()
+        f = 0.5 * (cams_pc[i].mean_focal_length() + cams_pc[j].mean_focal_length())
+        keep = epipolar_filter(
+            normalized[i], normalized[j], m, cam1_from_cam0, conf["max_epipolar_error_px"] / f
+        )
+        inliers = m[keep].astype(np.uint32)
+        db.write_matches(i + 1, j + 1, m.astype(np.uint32))
+        if len(inliers) < conf["min_num_matches"]:
+            continue
+        tvg = pycolmap.TwoViewGeometry()
+        tvg.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
+        tvg.inlier_matches = inliers
+        tvg.cam2_from_cam1 = cam1_from_cam0.to_pycolmap()
+        db.write_two_view_geometry(i + 1, j + 1, tvg)
+        num_verified += len(inliers)
+        num_pairs += 1
+    return num_verified, num_pairs
+
+
+def _tri_options(conf: dict[str, Any]):
+    import pycolmap
+
+    opts = pycolmap.IncrementalPipelineOptions()
+    opts.triangulation.min_angle = conf["min_tri_angle_deg"]
+    opts.triangulation.ignore_two_view_tracks = conf["ignore_two_view_tracks"]
+    opts.triangulation.complete_max_reproj_error = conf["max_reproj_error_px"]
+    opts.triangulation.merge_max_reproj_error = conf["max_reproj_error_px"]
+    opts.mapper.filter_max_reproj_error = conf["max_reproj_error_px"]
+    opts.mapper.filter_min_tri_angle = conf["min_tri_angle_deg"]
+    opts.extract_colors = False
+    return opts
 
 
 def incremental_sfm(
@@ -208,46 +233,16 @@ def incremental_sfm(
     """
     import pycolmap
 
-    rec = pycolmap.Reconstruction()
-    cams_pc = []
-    for i, name in enumerate(names, 1):
-        if cameras is not None:
-            cam_pc = cameras[i - 1].to_pycolmap()
-        else:
-            w, h = image_sizes[i - 1]
-            f = 1.2 * max(w, h)
-            cam_pc = pycolmap.Camera(
-                model="SIMPLE_RADIAL", width=w, height=h, params=[f, w / 2 - 0.5, h / 2 - 0.5, 0]
-            )
-        cam_pc.camera_id = i
-        rec.add_camera_with_trivial_rig(cam_pc)
-        cams_pc.append(cam_pc)
-        kp = np.asarray(keypoints[i - 1], dtype=np.float64).reshape(-1, 2)
-        rec.add_image_with_trivial_frame(
-            pycolmap.Image(name=name, keypoints=kp, camera_id=i, image_id=i)
-        )
-    opts2v = pycolmap.TwoViewGeometryOptions()
+    if cameras is not None:
+        cams_pc = [cam.to_pycolmap() for cam in cameras]
+    else:
+        cams_pc = [_guess_camera(w, h) for w, h in image_sizes]
+    rec = _reconstruction(cams_pc, names, keypoints)
     with tempfile.TemporaryDirectory(prefix="supergf_sfm_", dir=work_dir) as tmp:
         tmp = Path(tmp)
         db = pycolmap.Database.open(str(tmp / "database.db"))
         _fill_database(db, rec, keypoints)
-        for (i, j), m in sorted(pair_matches.items()):
-            m = np.asarray(m, dtype=np.uint32).reshape(-1, 2)
-            if len(m) < 15:
-                continue
-            db.write_matches(i + 1, j + 1, m)
-            kp0 = np.asarray(keypoints[i], dtype=np.float64)
-            kp1 = np.asarray(keypoints[j], dtype=np.float64)
-            if cameras is not None:
-                tvg = pycolmap.estimate_calibrated_two_view_geometry(
-                    cams_pc[i], kp0, cams_pc[j], kp1, m, opts2v
-                )
-            else:
-                tvg = pycolmap.estimate_two_view_geometry(
-                    cams_pc[i], kp0, cams_pc[j], kp1, m, opts2v
-                )
-            if tvg.config != pycolmap.TwoViewGeometryConfiguration.UNDEFINED:
-                db.write_two_view_geometry(i + 1, j + 1, tvg)
+        _write_estimated_geometries(db, pair_matches, cams_pc, keypoints, cameras is not None)
         db.close()
         opts = pycolmap.IncrementalPipelineOptions()
         opts.extract_colors = False
@@ -266,12 +261,47 @@ def incremental_sfm(
             "incremental SfM registered no images: too few matches between the images "
             "(check that they overlap) or provide poses in DATASET/sparse_gt"
         )
-    rec = max(models.values(), key=lambda r: r.num_reg_images())
+    return _sfm_result(max(models.values(), key=lambda r: r.num_reg_images()), cams_pc, keypoints)
+
+
+def _guess_camera(w: int, h: int):
+    import pycolmap
+
+    f = 1.2 * max(w, h)
+    return pycolmap.Camera(
+        model="SIMPLE_RADIAL", width=w, height=h, params=[f, w / 2 - 0.5, h / 2 - 0.5, 0]
+    )
+
+
+def _write_estimated_geometries(db, pair_matches, cams_pc, keypoints, calibrated: bool) -> None:
+    """Write the matches of pairs with >= 15 and the two-view geometry estimated from them."""
+    import pycolmap
+
+    opts2v = pycolmap.TwoViewGeometryOptions()
+    for (i, j), m in sorted(pair_matches.items()):
+        m = np.asarray(m, dtype=np.uint32).reshape(-1, 2)
+        if len(m) < 15:
+            continue
+        db.write_matches(i + 1, j + 1, m)
+        kp0 = np.asarray(keypoints[i], dtype=np.float64)
+        kp1 = np.asarray(keypoints[j], dtype=np.float64)
+        if calibrated:
+            tvg = pycolmap.estimate_calibrated_two_view_geometry(
+                cams_pc[i], kp0, cams_pc[j], kp1, m, opts2v
+            )
+        else:
+            tvg = pycolmap.estimate_two_view_geometry(cams_pc[i], kp0, cams_pc[j], kp1, m, opts2v)
+        if tvg.config != pycolmap.TwoViewGeometryConfiguration.UNDEFINED:
+            db.write_two_view_geometry(i + 1, j + 1, tvg)
+
+
+def _sfm_result(rec, cams_pc: list, keypoints) -> dict[str, Any]:
+    """Poses (None: not registered), refined cameras and points of the SfM model `rec`."""
     ids, xyz, stats = _point3D_ids(rec, [len(k) for k in keypoints])
     poses: list[Pose | None] = []
     cams_out = []
     registered = set(rec.reg_image_ids())
-    for i in range(1, len(names) + 1):
+    for i in range(1, len(cams_pc) + 1):
         if i in registered and rec.images[i].has_pose:
             image = rec.images[i]
             poses.append(Pose.from_pycolmap(image.cam_from_world()))

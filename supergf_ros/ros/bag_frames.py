@@ -24,6 +24,8 @@ import numbers
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from supergf_ros.io_utils import atomic_output_dir, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -55,132 +57,49 @@ def extract_frames(
         overwrite: replace an existing non-empty ``out_dir/images``.
         progress: show tqdm progress bars.
 
-    Frames that cannot be decoded (bad encoding, truncated data) are skipped with a warning and
-    counted in `skipped_bad_frames`; only frames selected by `every` are decoded.
-
-    Returns:
-        {"num_frames", "image_topic", "out_dir", "first_stamp_ns", "last_stamp_ns",
-        "skipped_bad_frames"}.
-
-    Raises:
-        FileNotFoundError: `bag_path` does not exist.
-        ValueError: not a bag, no / ambiguous / unknown image topic, invalid options, existing
-            frames without `overwrite`, or no frame could be decoded.
+    Frames that cannot be decoded are skipped with a warning and counted in
+    `skipped_bad_frames`. Returns {"num_frames", "image_topic", "out_dir", "first_stamp_ns",
+    "last_stamp_ns", "skipped_bad_frames"}. Raises FileNotFoundError for a missing bag,
+    ValueError for anything else that stops the extraction.
     """
-    import cv2
     from rosbags.rosbag2 import Reader, ReaderError
     from rosbags.typesys import Stores, get_typestore
-    from tqdm import tqdm
-
-    from supergf_ros.ros.conversions import image_to_numpy, stamp_to_ns
 
     bag_path, out_dir = Path(bag_path), Path(out_dir)
-    if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
-        raise ValueError(f"every must be an integer >= 1 (keep every N-th frame), got {every!r}")
-    every = int(every)
-    if max_size is not None and max_size < 16:
-        raise ValueError(f"max_size must be >= 16 px, got {max_size}")
-    if not bag_path.exists():
-        raise FileNotFoundError(f"bag not found: {bag_path}")
-    if not (bag_path / "metadata.yaml").is_file():
-        raise ValueError(
-            f"not a rosbag2 folder (no metadata.yaml): {bag_path}; pass the bag folder that "
-            "holds metadata.yaml, not a .mcap/.db3 file inside it"
-        )
+    every = _check_options(bag_path, every, max_size)
     images_dir = out_dir / "images"
     _check_output(out_dir, images_dir, overwrite)
-
     typestore = get_typestore(Stores.ROS2_KILTED)
     try:
         with Reader(bag_path) as reader:
             conn = image_connection(reader.connections, image_topic, bag_path)
-            topic = conn.topic
-            # Pass 1: header stamps of every message, to order and select the frames.
-            entries: list[tuple[int, int, int]] = []  # (header stamp, receive time, index)
-            skipped = 0
-            scan = tqdm(
-                reader.messages(connections=[conn]),
-                total=getattr(conn, "msgcount", None),
-                desc="bag-frames scan",
-                unit="msg",
-                disable=not progress,
-            )
-            for index, (c, recv_ns, raw) in enumerate(scan):
-                try:
-                    msg = typestore.deserialize_cdr(raw, c.msgtype)
-                    stamp = stamp_to_ns(msg.header.stamp)
-                except Exception as err:  # corrupt CDR: any decoding error, never fatal
-                    skipped += 1
-                    logger.warning(
-                        "skipping message %d on %s received at %d ns: cannot deserialize (%s)",
-                        index,
-                        topic,
-                        recv_ns,
-                        str(err) or type(err).__name__,
-                    )
-                    continue
-                if stamp < 0:
-                    skipped += 1
-                    logger.warning("skipping frame with negative header stamp %d ns", stamp)
-                    continue
-                entries.append((stamp, int(recv_ns), index))
+            entries, skipped = _scan_stamps(reader, conn, typestore, progress)
             if not entries:
                 raise ValueError(
-                    f"no frame could be decoded from topic {topic} of bag {bag_path} "
+                    f"no frame could be decoded from topic {conn.topic} of bag {bag_path} "
                     f"({skipped} message(s) skipped)"
                 )
-            if all(stamp == 0 for stamp, _, _ in entries):
-                logger.warning(
-                    "all header stamps on %s are zero (unset): frames are ordered by bag "
-                    "receive time",
-                    topic,
-                )
-            entries.sort()
-            names = _frame_names([stamp for stamp, _, _ in entries[::every]])
-            selected = {e[2]: (e[0], name) for e, name in zip(entries[::every], names)}
-
-            # Pass 2: decode, resize and write the selected frames.
-            written: list[int] = []
+            selected = _select_frames(entries, every, conn.topic)
             with atomic_output_dir(images_dir) as tmp_images:
                 tmp_images.mkdir()
-                bar = tqdm(
-                    total=len(selected), desc="bag-frames", unit="frame", disable=not progress
+                written, bad = _write_frames(
+                    reader, conn, typestore, selected, tmp_images, max_size, progress
                 )
-                with bar:
-                    for index, (c, _, raw) in enumerate(reader.messages(connections=[conn])):
-                        if index not in selected:
-                            continue
-                        stamp, name = selected[index]
-                        bar.update()
-                        try:
-                            image = image_to_numpy(typestore.deserialize_cdr(raw, c.msgtype))
-                        except ValueError as err:
-                            skipped += 1
-                            logger.warning("skipping frame at stamp %d ns: %s", stamp, err)
-                            continue
-                        if max_size is not None and max(image.shape[:2]) > max_size:
-                            scale = max_size / max(image.shape[:2])
-                            size = (
-                                max(1, round(image.shape[1] * scale)),
-                                max(1, round(image.shape[0] * scale)),
-                            )
-                            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-                        if image.ndim == 3:
-                            image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-                        path = tmp_images / f"{name}.png"
-                        if not cv2.imwrite(str(path), image):
-                            raise ValueError(f"cannot write {path} (disk full or no permission?)")
-                        written.append(stamp)
+                skipped += bad
                 if not written:
                     raise ValueError(
-                        f"no frame could be decoded from topic {topic} of bag {bag_path} "
+                        f"no frame could be decoded from topic {conn.topic} of bag {bag_path} "
                         f"({skipped} frame(s) skipped, see the warnings)"
                     )
                 # the old description must not outlive the frames it described
                 (out_dir / FRAMES_FILE).unlink(missing_ok=True)
     except ReaderError as err:
         raise ValueError(f"cannot read bag {bag_path}: {err}") from err
+    return _write_description(bag_path, out_dir, conn.topic, written, skipped, every, max_size)
 
+
+def _write_description(bag_path, out_dir, topic, written, skipped, every, max_size) -> dict:
+    """Write ``frames.json``; the summary of the extraction."""
     summary: dict[str, Any] = {
         "num_frames": len(written),
         "image_topic": topic,
@@ -202,6 +121,112 @@ def extract_frames(
     }
     atomic_write_text(out_dir / FRAMES_FILE, json.dumps(info, indent=1) + "\n")
     return summary
+
+
+def _check_options(bag_path: Path, every: Any, max_size: int | None) -> int:
+    """`every` as an int, once the options and the bag folder are valid."""
+    if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
+        raise ValueError(f"every must be an integer >= 1 (keep every N-th frame), got {every!r}")
+    if max_size is not None and max_size < 16:
+        raise ValueError(f"max_size must be >= 16 px, got {max_size}")
+    if not bag_path.exists():
+        raise FileNotFoundError(f"bag not found: {bag_path}")
+    if not (bag_path / "metadata.yaml").is_file():
+        raise ValueError(
+            f"not a rosbag2 folder (no metadata.yaml): {bag_path}; pass the bag folder that "
+            "holds metadata.yaml, not a .mcap/.db3 file inside it"
+        )
+    return int(every)
+
+
+def _scan_stamps(reader, conn, typestore, progress: bool) -> tuple[list, int]:
+    """([(header stamp, receive time, message index)], messages skipped) of `conn`."""
+    from tqdm import tqdm
+
+    from supergf_ros.ros.conversions import stamp_to_ns
+
+    entries: list[tuple[int, int, int]] = []
+    skipped = 0
+    scan = tqdm(
+        reader.messages(connections=[conn]),
+        total=getattr(conn, "msgcount", None),
+        desc="bag-frames scan",
+        unit="msg",
+        disable=not progress,
+    )
+    for index, (c, recv_ns, raw) in enumerate(scan):
+        try:
+            stamp = stamp_to_ns(typestore.deserialize_cdr(raw, c.msgtype).header.stamp)
+        except Exception as err:  # corrupt CDR: any decoding error, never fatal
+            skipped += 1
+            logger.warning(
+                "skipping message %d on %s received at %d ns: cannot deserialize (%s)",
+                index,
+                conn.topic,
+                recv_ns,
+                str(err) or type(err).__name__,
+            )
+            continue
+        if stamp < 0:
+            skipped += 1
+            logger.warning("skipping frame with negative header stamp %d ns", stamp)
+            continue
+        entries.append((stamp, int(recv_ns), index))
+    return entries, skipped
+
+
+def _select_frames(entries: list, every: int, topic: str) -> dict[int, tuple[int, str]]:
+    """{message index: (stamp, file stem)} of every `every`-th frame in stamp order."""
+    if all(stamp == 0 for stamp, _, _ in entries):
+        logger.warning(
+            "all header stamps on %s are zero (unset): frames are ordered by bag receive time",
+            topic,
+        )
+    entries = sorted(entries)
+    names = _frame_names([stamp for stamp, _, _ in entries[::every]])
+    return {e[2]: (e[0], name) for e, name in zip(entries[::every], names)}
+
+
+def _write_frames(reader, conn, typestore, selected, images_dir, max_size, progress):
+    """Decode, resize and write the `selected` frames; (stamps written, frames skipped)."""
+    import cv2
+    from tqdm import tqdm
+
+    from supergf_ros.ros.conversions import image_to_numpy
+
+    written: list[int] = []
+    skipped = 0
+    with tqdm(total=len(selected), desc="bag-frames", unit="frame", disable=not progress) as bar:
+        for index, (c, _, raw) in enumerate(reader.messages(connections=[conn])):
+            if index not in selected:
+                continue
+            stamp, name = selected[index]
+            bar.update()
+            try:
+                image = image_to_numpy(typestore.deserialize_cdr(raw, c.msgtype))
+            except ValueError as err:
+                skipped += 1
+                logger.warning("skipping frame at stamp %d ns: %s", stamp, err)
+                continue
+            image = downscale(image, max_size)
+            if image.ndim == 3:
+                image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+            path = images_dir / f"{name}.png"
+            if not cv2.imwrite(str(path), image):
+                raise ValueError(f"cannot write {path} (disk full or no permission?)")
+            written.append(stamp)
+    return written, skipped
+
+
+def downscale(image: np.ndarray, max_size: int | None) -> np.ndarray:
+    """`image` resized (INTER_AREA) so its longer side is at most `max_size` (None: as is)."""
+    if max_size is None or max(image.shape[:2]) <= max_size:
+        return image
+    import cv2
+
+    scale = max_size / max(image.shape[:2])
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def _check_output(out_dir: Path, images_dir: Path, overwrite: bool) -> None:

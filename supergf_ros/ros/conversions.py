@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from supergf_ros.geometry import Camera, Pose, rotmat_to_qvec
+from supergf_ros.geometry import Camera, Pose
 
 # encoding -> (numpy dtype, channels); the layout of each pixel in memory.
 IMAGE_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
@@ -244,17 +244,6 @@ def ros_to_pose(position: Any, orientation: Any) -> Pose:
     return Pose(q, t).inverse()
 
 
-def rotation_to_quaternion_xyzw(R: np.ndarray) -> np.ndarray:
-    """x-y-z-w quaternion from a rotation matrix (as ROS messages carry it)."""
-    qw, qx, qy, qz = rotmat_to_qvec(R)
-    return np.array([qx, qy, qz, qw])
-
-
 def stamp_to_ns(stamp: Any) -> int:
     """Nanoseconds from a `builtin_interfaces/Time`."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def ns_to_stamp_fields(ns: int) -> tuple[int, int]:
-    """(sec, nanosec) of a `builtin_interfaces/Time` for `ns` nanoseconds."""
-    return int(ns // 1_000_000_000), int(ns % 1_000_000_000)

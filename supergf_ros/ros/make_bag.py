@@ -52,32 +52,12 @@ def make_bag(
     Returns:
         {"bag", "num_frames", "rate_hz", "duration_s", "size_bytes", "has_poses", "topics"}.
     """
-    import cv2
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_typestore
-
     from supergf_ros.datasets import Dataset
-    from supergf_ros.ros.conversions import (
-        SUPPORTED_ENCODINGS,
-        camera_to_camera_info_fields,
-        numpy_to_image_fields,
-    )
 
-    if not rate_hz > 0:
-        raise ValueError(f"rate must be positive (frames per second), got {rate_hz}")
-    if encoding not in SUPPORTED_ENCODINGS:
-        raise ValueError(f"unsupported encoding '{encoding}'; choose from {SUPPORTED_ENCODINGS}")
-    if storage not in ("mcap", "sqlite3"):
-        raise ValueError(f"storage must be 'mcap' or 'sqlite3', got '{storage}'")
-    if max_size is not None and max_size < 16:
-        raise ValueError(f"max_size must be >= 16 px, got {max_size}")
-    for topic in (image_topic, camera_info_topic):
-        if not topic.startswith("/"):
-            raise ValueError(f"bag topics must be absolute (start with '/'), got '{topic}'")
+    _check_options(rate_hz, encoding, storage, max_size, (image_topic, camera_info_topic))
     out_path = Path(out_path)
     if out_path.exists() and not overwrite:
         raise ValueError(f"{out_path} exists; pass overwrite=True (--overwrite) to replace it")
-
     dataset = Dataset(dataset_dir)
     names = dataset.check_names(image_names if image_names is not None else dataset.names)
     missing_cam = [n for n in names if n not in dataset.cameras]
@@ -86,13 +66,6 @@ def make_bag(
             f"{len(missing_cam)} image(s) have no camera in the dataset's model, so no "
             f"CameraInfo can be written: {missing_cam[:5]}"
         )
-    typestore = get_typestore(Stores.ROS2_KILTED)
-    Image = typestore.types["sensor_msgs/msg/Image"]
-    CameraInfo = typestore.types["sensor_msgs/msg/CameraInfo"]
-    Header = typestore.types["std_msgs/msg/Header"]
-    Time = typestore.types["builtin_interfaces/msg/Time"]
-    RegionOfInterest = typestore.types["sensor_msgs/msg/RegionOfInterest"]
-
     period_ns = round(1e9 / rate_hz)
     source: dict[str, Any] = {
         "format": SOURCE_FORMAT,
@@ -104,56 +77,9 @@ def make_bag(
         "encoding": encoding,
         "frames": [],
     }
-    iterator: Any = names
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(names, desc="make-bag", unit="frame")
+    stamps = [start_ns + i * period_ns for i in range(len(names))]
     with atomic_output_dir(out_path) as tmp_bag:
-        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        with Writer(tmp_bag, version=9, storage_plugin=plugin) as writer:
-            conn_img = writer.add_connection(image_topic, Image.__msgtype__, typestore=typestore)
-            conn_info = writer.add_connection(
-                camera_info_topic, CameraInfo.__msgtype__, typestore=typestore
-            )
-            writer.set_custom_data("supergf_ros.dataset", source["dataset"])
-            for i, name in enumerate(iterator):
-                image = dataset.read_image(name)
-                camera = dataset.camera(name)
-                if max_size is not None and max(image.shape[:2]) > max_size:
-                    scale = max_size / max(image.shape[:2])
-                    size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-                    image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-                    camera = camera.scaled(size[0] / camera.width, size[1] / camera.height)
-                stamp_ns = start_ns + i * period_ns
-                header = Header(
-                    stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
-                    frame_id=frame_id,
-                )
-                fields = numpy_to_image_fields(image, encoding)
-                fields["data"] = np.frombuffer(fields["data"], dtype=np.uint8)
-                img_msg = Image(header=header, **fields)
-                info = camera_to_camera_info_fields(camera)
-                info_msg = CameraInfo(
-                    header=header,
-                    binning_x=0,
-                    binning_y=0,
-                    roi=RegionOfInterest(
-                        x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
-                    ),
-                    **info,
-                )
-                writer.write(
-                    conn_info, stamp_ns, typestore.serialize_cdr(info_msg, CameraInfo.__msgtype__)
-                )
-                writer.write(
-                    conn_img, stamp_ns, typestore.serialize_cdr(img_msg, Image.__msgtype__)
-                )
-                frame: dict[str, Any] = {"name": name, "stamp_ns": int(stamp_ns)}
-                if name in dataset.poses:
-                    pose = dataset.poses[name]
-                    frame["cam_from_world"] = [float(v) for v in (*pose.qvec, *pose.tvec)]
-                source["frames"].append(frame)
+        _write_bag(tmp_bag, storage, dataset, names, stamps, source, max_size, progress)
         (tmp_bag / SOURCE_FILE).write_text(json.dumps(source, indent=1) + "\n")
     size = sum(p.stat().st_size for p in out_path.rglob("*") if p.is_file())
     return {
@@ -165,6 +91,86 @@ def make_bag(
         "has_poses": all("cam_from_world" in f for f in source["frames"]),
         "topics": [image_topic, camera_info_topic],
     }
+
+
+def _check_options(rate_hz, encoding: str, storage: str, max_size, topics) -> None:
+    from supergf_ros.ros.conversions import SUPPORTED_ENCODINGS
+
+    if not rate_hz > 0:
+        raise ValueError(f"rate must be positive (frames per second), got {rate_hz}")
+    if encoding not in SUPPORTED_ENCODINGS:
+        raise ValueError(f"unsupported encoding '{encoding}'; choose from {SUPPORTED_ENCODINGS}")
+    if storage not in ("mcap", "sqlite3"):
+        raise ValueError(f"storage must be 'mcap' or 'sqlite3', got '{storage}'")
+    if max_size is not None and max_size < 16:
+        raise ValueError(f"max_size must be >= 16 px, got {max_size}")
+    for topic in topics:
+        if not topic.startswith("/"):
+            raise ValueError(f"bag topics must be absolute (start with '/'), got '{topic}'")
+
+
+def _write_bag(bag_dir, storage, dataset, names, stamps, source, max_size, progress) -> None:
+    """Write an Image and a CameraInfo per frame; append each frame to `source["frames"]`."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from supergf_ros.ros.bag_frames import downscale
+
+    typestore = get_typestore(Stores.ROS2_KILTED)
+    image_type = typestore.types["sensor_msgs/msg/Image"].__msgtype__
+    info_type = typestore.types["sensor_msgs/msg/CameraInfo"].__msgtype__
+    iterator: Any = names
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(names, desc="make-bag", unit="frame")
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    with Writer(bag_dir, version=9, storage_plugin=plugin) as writer:
+        conn_img = writer.add_connection(source["image_topic"], image_type, typestore=typestore)
+        conn_info = writer.add_connection(
+            source["camera_info_topic"], info_type, typestore=typestore
+        )
+        writer.set_custom_data("supergf_ros.dataset", source["dataset"])
+        for name, stamp_ns in zip(iterator, stamps):
+            image = dataset.read_image(name)
+            camera = dataset.camera(name)
+            if max_size is not None and max(image.shape[:2]) > max_size:
+                image = downscale(image, max_size)
+                camera = camera.scaled(
+                    image.shape[1] / camera.width, image.shape[0] / camera.height
+                )
+            img_msg, info_msg = _frame_messages(
+                typestore, image, camera, stamp_ns, source["frame_id"], source["encoding"]
+            )
+            writer.write(conn_info, stamp_ns, typestore.serialize_cdr(info_msg, info_type))
+            writer.write(conn_img, stamp_ns, typestore.serialize_cdr(img_msg, image_type))
+            frame: dict[str, Any] = {"name": name, "stamp_ns": int(stamp_ns)}
+            if name in dataset.poses:
+                pose = dataset.poses[name]
+                frame["cam_from_world"] = [float(v) for v in (*pose.qvec, *pose.tvec)]
+            source["frames"].append(frame)
+
+
+def _frame_messages(typestore, image, camera, stamp_ns: int, frame_id: str, encoding: str):
+    """(Image, CameraInfo) messages of one frame, sharing one header."""
+    from supergf_ros.ros.conversions import camera_to_camera_info_fields, numpy_to_image_fields
+
+    types = typestore.types
+    Time = types["builtin_interfaces/msg/Time"]
+    header = types["std_msgs/msg/Header"](
+        stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
+        frame_id=frame_id,
+    )
+    fields = numpy_to_image_fields(image, encoding)
+    fields["data"] = np.frombuffer(fields["data"], dtype=np.uint8)
+    img_msg = types["sensor_msgs/msg/Image"](header=header, **fields)
+    roi = types["sensor_msgs/msg/RegionOfInterest"](
+        x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
+    )
+    info_msg = types["sensor_msgs/msg/CameraInfo"](
+        header=header, binning_x=0, binning_y=0, roi=roi, **camera_to_camera_info_fields(camera)
+    )
+    return img_msg, info_msg
 
 
 def read_source(bag_path: str | Path) -> dict[str, Any] | None:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from supergf_ros.io_utils import atomic_output, atomic_write_text
+from supergf_ros.ros.conversions import ros_to_pose, stamp_to_ns
 
 FASTDDS_LOOPBACK_PROFILE = """<?xml version="1.0" encoding="UTF-8"?>
 <profiles xmlns="http://www.eprosima.com">
@@ -118,8 +119,6 @@ def read_bag_frames(bag_path: Path, image_topic: str | None, info_topic: str | N
 
 def _header_stamp_ns(raw: bytes, msgtype: Any) -> int:
     from rclpy.serialization import deserialize_message
-
-    from supergf_ros.ros.conversions import stamp_to_ns
 
     return stamp_to_ns(deserialize_message(raw, msgtype).header.stamp)
 
@@ -227,95 +226,31 @@ def _run_replay(
     frame_timeout_s: float,
     progress: bool,
 ) -> dict[str, Any]:
-    import rclpy
-    from geometry_msgs.msg import PoseStamped
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    """Start the node, play `frames` to it, stop it; the metrics and the poses (`_poses`)."""
     from sensor_msgs.msg import CameraInfo, Image
 
-    from supergf_ros.ros.conversions import ros_to_pose, stamp_to_ns
-
-    try:
-        from supergf_ros_msgs.msg import LocalizationStatus
-    except ImportError as err:
-        raise ValueError(
-            f"supergf_ros_msgs is not built ({err}); run `make venv` or scripts/build_msgs.sh"
-        ) from err
-
+    status_type = _localization_status_type()
     images = [(_header_stamp_ns(raw, Image), t, raw) for t, raw in frames["images"]]
     infos = [(_header_stamp_ns(raw, CameraInfo), t, raw) for t, raw in frames["infos"]]
     log_path = out_dir / "node.log"
     cmd = _node_command(map_path, params_file, node_params, frames)
     log_file = open(log_path, "w")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
-
-    context = rclpy.Context()
-    rclpy.init(args=[], context=context, domain_id=int(os.environ["ROS_DOMAIN_ID"]))
-    node = rclpy.create_node("supergf_replay", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    spin = threading.Thread(target=executor.spin, daemon=True)
-    lock = threading.Condition()
-    poses: dict[int, tuple[float, Any]] = {}
-    statuses: dict[int, tuple[float, Any]] = {}
-
-    def on_pose(msg: PoseStamped) -> None:
-        with lock:
-            poses[stamp_to_ns(msg.header.stamp)] = (
-                time.perf_counter(),
-                ros_to_pose(msg.pose.position, msg.pose.orientation),
-            )
-            lock.notify_all()
-
-    def on_status(msg: Any) -> None:
-        with lock:
-            statuses[stamp_to_ns(msg.header.stamp)] = (time.perf_counter(), msg)
-            lock.notify_all()
-
-    reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-    image_pub = node.create_publisher(Image, frames["image_topic"], reliable)
-    info_pub = node.create_publisher(CameraInfo, frames["info_topic"] or "camera_info", reliable)
-    node.create_subscription(PoseStamped, "/pose", on_pose, reliable)
-    status_sub = node.create_subscription(LocalizationStatus, "/status", on_status, reliable)
-    spin.start()
-    published: dict[int, float] = {}
-    exit_code = None
+    client = _ReplayClient(frames["image_topic"], frames["info_topic"], status_type)
     peak_rss = None
     try:
-        _wait_for_node(proc, image_pub, status_sub, startup_timeout_s, log_path)
+        _wait_for_node(proc, client.image_pub, client.status_sub, startup_timeout_s, log_path)
         bar = None
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=len(images), desc="replay", unit="frame")
         t_start = time.perf_counter()
-        stamp0 = images[0][1]
-        info_i = 0
-        for stamp_ns, bag_t, raw in images:
-            if not as_fast_as_possible:
-                delay = t_start + (bag_t - stamp0) / 1e9 / rate - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-            while info_i < len(infos) and infos[info_i][1] <= bag_t:
-                info_pub.publish(infos[info_i][2])
-                info_i += 1
-            if proc.poll() is not None:
-                raise RuntimeError(f"the node exited during replay:\n{_tail(log_path)}")
-            published[stamp_ns] = time.perf_counter()
-            image_pub.publish(raw)
-            if as_fast_as_possible:
-                with lock:
-                    lock.wait_for(lambda s=stamp_ns: s in statuses, timeout=frame_timeout_s)
-            if bar is not None:
-                bar.update()
-        # wait for the frames in flight: every frame answered, or nothing new for a while
-        deadline = time.perf_counter() + frame_timeout_s
-        with lock:
-            while time.perf_counter() < deadline and not set(published) <= set(statuses):
-                n = len(statuses)
-                lock.wait(timeout=2.0)
-                if len(statuses) == n and _node_idle(statuses, published):
-                    break
+        lock_step_timeout_s = frame_timeout_s if as_fast_as_possible else None
+        published = _play(
+            client, proc, log_path, images, infos, t_start, bar, rate, lock_step_timeout_s
+        )
+        client.wait_for_answers(published, frame_timeout_s)
         t_end = time.perf_counter()
         if bar is not None:
             bar.close()
@@ -323,26 +258,135 @@ def _run_replay(
     finally:
         exit_code = stop_node(proc)
         log_file.close()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
-        spin.join(timeout=5)
+        client.close()
+    with client.lock:
+        poses, statuses = dict(client.poses), dict(client.statuses)
+    metrics, duration = _replay_metrics(poses, statuses, published, t_start, t_end)
+    return {
+        **metrics,
+        "node_peak_rss_mb": None if peak_rss is None else round(peak_rss, 1),
+        "node_exit_code": exit_code,
+        "mode": "as_fast_as_possible" if as_fast_as_possible else f"rate x{rate:g}",
+        "duration_s": round(duration, 3),
+        "node_log": str(log_path),
+        "_poses": {s: poses[s][1] for s in published if s in poses},
+    }
 
-    with lock:
-        poses_c, statuses_c = dict(poses), dict(statuses)
-    latencies = (
-        np.array(
-            [poses_c[s][0] - published[s] for s in published if s in poses_c], dtype=np.float64
+
+def _localization_status_type() -> Any:
+    try:
+        from supergf_ros_msgs.msg import LocalizationStatus
+    except ImportError as err:
+        raise ValueError(
+            f"supergf_ros_msgs is not built ({err}); run `make venv` or scripts/build_msgs.sh"
+        ) from err
+    return LocalizationStatus
+
+
+class _ReplayClient:
+    """A node in its own rclpy context: publishes the bag's messages, records poses and statuses
+    ({header stamp ns: (receive time, message)}) under `lock`."""
+
+    def __init__(self, image_topic: str, info_topic: str | None, status_type: Any) -> None:
+        import rclpy
+        from geometry_msgs.msg import PoseStamped
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, Image
+
+        self.context = rclpy.Context()
+        rclpy.init(args=[], context=self.context, domain_id=int(os.environ["ROS_DOMAIN_ID"]))
+        self.node = rclpy.create_node("supergf_replay", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._spin = threading.Thread(target=self.executor.spin, daemon=True)
+        self.lock = threading.Condition()
+        self.poses: dict[int, tuple[float, Any]] = {}
+        self.statuses: dict[int, tuple[float, Any]] = {}
+        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self.image_pub = self.node.create_publisher(Image, image_topic, reliable)
+        self.info_pub = self.node.create_publisher(
+            CameraInfo, info_topic or "camera_info", reliable
         )
+        self.node.create_subscription(PoseStamped, "/pose", self._on_pose, reliable)
+        self.status_sub = self.node.create_subscription(
+            status_type, "/status", self._on_status, reliable
+        )
+        self._spin.start()
+
+    def _on_pose(self, msg: Any) -> None:
+        with self.lock:
+            self.poses[stamp_to_ns(msg.header.stamp)] = (
+                time.perf_counter(),
+                ros_to_pose(msg.pose.position, msg.pose.orientation),
+            )
+            self.lock.notify_all()
+
+    def _on_status(self, msg: Any) -> None:
+        with self.lock:
+            self.statuses[stamp_to_ns(msg.header.stamp)] = (time.perf_counter(), msg)
+            self.lock.notify_all()
+
+    def wait_for_answers(self, published: dict[int, float], timeout_s: float) -> None:
+        """Until every published frame is answered, or nothing new came for a while."""
+        deadline = time.perf_counter() + timeout_s
+        with self.lock:
+            while time.perf_counter() < deadline and not set(published) <= set(self.statuses):
+                n = len(self.statuses)
+                self.lock.wait(timeout=2.0)
+                if len(self.statuses) == n and _node_idle(self.statuses, published):
+                    break
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._spin.join(timeout=5)
+
+
+def _play(client, proc, log_path, images, infos, t_start, bar, rate, lock_step_timeout_s):
+    """Publish each image, after the CameraInfos received before it, at the bag's timing / `rate`
+    or, with a `lock_step_timeout_s`, once the previous frame is answered; {stamp: publish time}."""
+    published: dict[int, float] = {}
+    stamp0 = images[0][1]
+    info_i = 0
+    for stamp_ns, bag_t, raw in images:
+        if lock_step_timeout_s is None:
+            delay = t_start + (bag_t - stamp0) / 1e9 / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        while info_i < len(infos) and infos[info_i][1] <= bag_t:
+            client.info_pub.publish(infos[info_i][2])
+            info_i += 1
+        if proc.poll() is not None:
+            raise RuntimeError(f"the node exited during replay:\n{_tail(log_path)}")
+        published[stamp_ns] = time.perf_counter()
+        client.image_pub.publish(raw)
+        if lock_step_timeout_s is not None:
+            with client.lock:
+                client.lock.wait_for(
+                    lambda s=stamp_ns: s in client.statuses, timeout=lock_step_timeout_s
+                )
+        if bar is not None:
+            bar.update()
+    return published
+
+
+def _replay_metrics(poses, statuses, published, t_start: float, t_end: float):
+    """(latency, throughput, frame counts, stage times and failure reasons; duration in s)."""
+    latencies = (
+        np.array([poses[s][0] - published[s] for s in published if s in poses], dtype=np.float64)
         * 1e3
     )
-    processed = [s for s in published if s in statuses_c]
-    answer_times = [statuses_c[s][0] for s in processed]
+    processed = [s for s in published if s in statuses]
+    answer_times = [statuses[s][0] for s in processed]
     duration = (max(answer_times) - t_start) if answer_times else t_end - t_start
     stage_keys = ("extract_ms", "global_ms", "retrieval_ms", "matching_ms", "pose_ms", "total_ms")
     stage_ms = (
         {
-            k: round(float(np.mean([getattr(statuses_c[s][1], k) for s in processed])), 2)
+            k: round(float(np.mean([getattr(statuses[s][1], k) for s in processed])), 2)
             for k in stage_keys
         }
         if processed
@@ -350,7 +394,7 @@ def _run_replay(
     )
     failures: dict[str, int] = {}
     for s in processed:
-        reason = statuses_c[s][1].failure_reason
+        reason = statuses[s][1].failure_reason
         if reason:
             failures[reason] = failures.get(reason, 0) + 1
     return {
@@ -360,17 +404,11 @@ def _run_replay(
         "throughput_hz": len(processed) / duration if duration > 0 and processed else 0.0,
         "frames_in": len(published),
         "frames_processed": len(processed),
-        "frames_localized": sum(1 for s in published if s in poses_c),
+        "frames_localized": sum(1 for s in published if s in poses),
         "frames_dropped": len(published) - len(processed),
         "stage_ms_mean": stage_ms,
         "failure_reasons": failures,
-        "node_peak_rss_mb": None if peak_rss is None else round(peak_rss, 1),
-        "node_exit_code": exit_code,
-        "mode": "as_fast_as_possible" if as_fast_as_possible else f"rate x{rate:g}",
-        "duration_s": round(duration, 3),
-        "node_log": str(log_path),
-        "_poses": {s: poses_c[s][1] for s in published if s in poses_c},
-    }
+    }, duration
 
 
 def stop_node(proc: subprocess.Popen, timeout_s: float = 20.0) -> int:

@@ -26,11 +26,13 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from ..features.base import LocalFeatures
 from ..io_utils import atomic_output, atomic_write_text
@@ -110,8 +112,6 @@ def merge_conf(conf: dict[str, Any] | None) -> dict[str, Any]:
 
 def _dist_setup() -> tuple[int, int, torch.device]:
     """(rank, world_size, device); initialises torch.distributed when WORLD_SIZE is set."""
-    import torch.distributed as dist
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -414,60 +414,19 @@ def batch_queries(
     return epoch, perm[k * batch_size : (k + 1) * batch_size]
 
 
-def train(
-    train_sets: Sequence[ImageSet],
-    val_sets: Sequence[ImageSet],
-    feature_cache,
-    conf: dict[str, Any] | None,
-    output_dir: str | Path,
-    *,
-    resume: bool = False,
-    init_weights: str | Path | None = None,
-    progress: bool = True,
-    stop_after: int | None = None,
-) -> dict[str, Any]:
-    """Train SuperGF on `train_sets`, validating on `val_sets`.
-
-    Args:
-        train_sets, val_sets: ImageSets (`supergf_ros.training.data`).
-        feature_cache: a `FeatureCache` (frozen local features; extracted once, then read back).
-        conf: training options, see `default_conf`.
-        output_dir: where checkpoints, log.csv and training.png go.
-        resume: continue from ``output_dir/checkpoint_last.pt`` (must exist).
-        init_weights: start from this SuperGF checkpoint (fine-tuning) instead of random init.
-        stop_after: stop (with a checkpoint) after this global step, e.g. to test `resume`.
-    Returns:
-        summary dict: steps, final_loss, best_val (metrics), seconds, paths.
-    """
-    from tqdm import tqdm
-
-    from ..models import build_model, load_checkpoint, save_checkpoint
-
-    conf = merge_conf(conf)
-    output_dir = Path(output_dir)
-    rank, world, device = _dist_setup()
-    is_main = rank == 0
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = output_dir / "checkpoint_last.pt"
-
-    sampler = CandidateSampler(
-        train_sets,
-        conf["num_positives"],
-        conf["num_soft_negatives"],
-        conf["num_negatives"],
-        conf["positive_threshold"],
-    )
-    # features: rank 0 extracts missing ones first, the others then read the cache
-    import torch.distributed as dist
-
+def _load_features(feature_cache, sampler: CandidateSampler, val_sets, is_main, progress):
+    """(train features, val features per set); rank 0 extracts missing ones, the others wait."""
     all_paths = list(sampler.paths) + [p for s in val_sets for p in s.paths]
     if is_main:
         feature_cache.prepare(all_paths, progress=progress)
     if dist.is_initialized():
         dist.barrier()
-    train_feats = feature_cache.load(sampler.paths)
-    val_feats = [feature_cache.load(s.paths) for s in val_sets]
+    return feature_cache.load(sampler.paths), [feature_cache.load(s.paths) for s in val_sets]
+
+
+def _init_model(conf, train_feats, init_weights, device) -> torch.nn.Module:
+    """The seeded model (from `init_weights` or fresh), on `device`, the same on every rank."""
+    from ..models import build_model, load_checkpoint
 
     torch.manual_seed(int(conf["seed"]))
     if init_weights is not None:
@@ -493,9 +452,15 @@ def train(
             )
             model.init_from_codebook(torch.from_numpy(centroids), float(conf["codebook_alpha"]))
     model = model.to(device).train()
-    if dist.is_initialized():  # same initial weights on every rank
+    if dist.is_initialized():
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, 0)
+    _freeze(model, conf)
+    return model
+
+
+def _freeze(model: torch.nn.Module, conf) -> None:
+    """Fix the parameters named by `frozen_parameters` prefixes (each must match one)."""
     frozen = tuple(str(f) for f in conf["frozen_parameters"])
     names = [n for n, _ in model.named_parameters()]
     unmatched = [f for f in frozen if not any(n.startswith(f) for n in names)]
@@ -507,6 +472,51 @@ def train(
     for n, p in model.named_parameters():
         if frozen and n.startswith(frozen):
             p.requires_grad_(False)
+
+
+@dataclass
+class _Run:
+    """What the steps of one training run share."""
+
+    conf: dict[str, Any]
+    output_dir: Path
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    criterion: APLoss
+    sampler: CandidateSampler
+    train_feats: list
+    rank: int
+    world: int
+    device: torch.device
+    extra: dict[str, Any]  # provenance stored with the model checkpoints
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"r@1": -1.0})
+    start_step: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.output_dir / "checkpoint_last.pt"
+
+
+def _setup(train_sets, val_sets, feature_cache, conf, output_dir, init_weights, progress):
+    """(the run, validation features): devices, features, model, optimizer, schedule, loss."""
+    rank, world, device = _dist_setup()
+    if rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    sampler = CandidateSampler(
+        train_sets,
+        conf["num_positives"],
+        conf["num_soft_negatives"],
+        conf["num_negatives"],
+        conf["positive_threshold"],
+    )
+    train_feats, val_feats = _load_features(feature_cache, sampler, val_sets, rank == 0, progress)
+    model = _init_model(conf, train_feats, init_weights, device)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=float(conf["lr"]),
@@ -514,45 +524,6 @@ def train(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(conf))
     criterion = APLoss(num_bins=int(conf["ap_bins"]), mode=conf["ap_mode"]).to(device)
-    is_sparse = conf["model"] == "supergf-sparse"
-    is_residual = bool(getattr(model, "residual", False))
-
-    start_step, rows, best = 0, [], {"r@1": -1.0}
-    if resume:
-        if not ckpt_path.is_file():
-            raise ValueError(f"--resume: no checkpoint at {ckpt_path}")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        saved = json.loads(state["conf"])
-        for key in ("model", "model_conf", "steps", "batch_size", "seed", "lr", "lr_min"):
-            if saved[key] != conf[key]:
-                raise ValueError(
-                    f"--resume: option {key}={conf[key]!r} differs from the checkpoint's "
-                    f"{saved[key]!r}; resume with the same configuration"
-                )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        start_step = int(state["step"])
-        rows = json.loads(state["log"])
-        best = json.loads(state["best"])
-
-    def save_state(step: int) -> None:
-        _atomic_torch_save(
-            {
-                "step": step,
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "model_name": conf["model"],
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "conf": json.dumps(conf),
-                "log": json.dumps(rows),
-                "best": json.dumps(best),
-            },
-            ckpt_path,
-        )
-
     extra = {
         "training": {
             "conf": json.loads(json.dumps(conf)),
@@ -561,120 +532,235 @@ def train(
             "feature_cache": json.loads(json.dumps(feature_cache.identity, default=str)),
         }
     }
+    run = _Run(
+        conf,
+        output_dir,
+        model,
+        optimizer,
+        scheduler,
+        criterion,
+        sampler,
+        train_feats,
+        rank,
+        world,
+        device,
+        extra,
+    )
+    return run, val_feats
+
+
+def _resume(run: _Run) -> None:
+    """Continue from the run's checkpoint: weights, optimizer, schedule, RNG, step, log, best."""
+    if not run.ckpt_path.is_file():
+        raise ValueError(f"--resume: no checkpoint at {run.ckpt_path}")
+    state = torch.load(run.ckpt_path, map_location="cpu", weights_only=True)
+    saved = json.loads(state["conf"])
+    for key in ("model", "model_conf", "steps", "batch_size", "seed", "lr", "lr_min"):
+        if saved[key] != run.conf[key]:
+            raise ValueError(
+                f"--resume: option {key}={run.conf[key]!r} differs from the checkpoint's "
+                f"{saved[key]!r}; resume with the same configuration"
+            )
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    run.start_step = int(state["step"])
+    run.rows = json.loads(state["log"])
+    run.best = json.loads(state["best"])
+
+
+def _save_state(run: _Run, step: int) -> None:
+    """checkpoint_last.pt, log.csv and training.png as of `step`."""
+    _atomic_torch_save(
+        {
+            "step": step,
+            "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+            "model_name": run.conf["model"],
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "conf": json.dumps(run.conf),
+            "log": json.dumps(run.rows),
+            "best": json.dumps(run.best),
+        },
+        run.ckpt_path,
+    )
+    write_log(run.output_dir / "log.csv", run.rows)
+    title = f"{run.conf['model']} ({run.conf['features']})"
+    plot_log(run.output_dir / "training.png", run.rows, title)
+
+
+def _ranked_lists(samples, images, desc, sampler, conf, device):
+    """(similarities, soft labels, mask), one padded row per sampled query."""
+    index = {img: k for k, img in enumerate(images)}
+    if conf["in_batch_candidates"]:
+        cand_lists = [[i for i in images if i != s.query] for s in samples]
+    else:
+        cand_lists = [list(s.candidates) for s in samples]
+    width = max(len(c) for c in cand_lists)
+    sims = torch.zeros(len(samples), width, device=device)
+    labels = torch.zeros(len(samples), width, device=device)
+    mask = torch.zeros(len(samples), width, dtype=torch.bool, device=device)
+    for r, (s, cands) in enumerate(zip(samples, cand_lists)):
+        idx = torch.tensor([index[c] for c in cands], device=device)
+        sims[r, : len(cands)] = desc[idx] @ desc[index[s.query]]
+        labels[r, : len(cands)] = torch.tensor(
+            [sampler.label(s.query, c) for c in cands], device=device
+        )
+        mask[r, : len(cands)] = True
+    return sims, labels, mask
+
+
+def _average_gradients(model: torch.nn.Module, world: int) -> None:
+    """Data parallel by hand: every rank gets the mean gradient of all ranks."""
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= world
+
+
+def _train_step(run: _Run, step: int, t0: float) -> dict[str, Any]:
+    """One optimizer step on this rank's slice of the step's queries; the log row."""
+    conf, model, optimizer, sampler = run.conf, run.model, run.optimizer, run.sampler
+    bs = int(conf["batch_size"])
+    epoch, queries = batch_queries(len(sampler), bs * run.world, step, int(conf["seed"]))
+    queries = queries[run.rank * bs : (run.rank + 1) * bs]
+    rng = np.random.default_rng([int(conf["seed"]), step, run.rank])
+    samples = [sampler.sample(int(q), rng) for q in queries]
+    images = list(dict.fromkeys([i for s in samples for i in (s.query, *s.candidates)]))
+    feats = [run.train_feats[i] for i in images]
+    desc, decor = embed(model, conf["model"], feats, int(conf["forward_chunk"]), run.device)
+    sims, labels, mask = _ranked_lists(samples, images, desc, sampler, conf, run.device)
+    is_sparse = conf["model"] == "supergf-sparse"
+    is_residual = bool(getattr(model, "residual", False))
+    scaling = conf["similarity_scaling"]
+    if scaling == "minmax" or (scaling == "auto" and (is_sparse or is_residual)):
+        sims = minmax_scale(sims, mask)
+    out = run.criterion(sims, labels, mask)
+    loss = out["loss"]
+    if is_sparse and decor is not None and float(conf["decorrelation_weight"]) > 0:
+        loss = loss + float(conf["decorrelation_weight"]) * decor
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if dist.is_initialized():
+        _average_gradients(model, run.world)
+    if float(conf["grad_clip"]) > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float(conf["grad_clip"]))
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    run.scheduler.step()
+    return {
+        "step": step + 1,
+        "epoch": epoch,
+        "lr": lr,
+        "loss": float(loss.detach()),
+        "ap_loss": float(out["loss"].detach()),
+        "decorrelation": float(decor.detach()) if decor is not None else "",
+        "train_ap": float(out["ap"].mean()),
+        "seconds": round(time.time() - t0, 2),
+    }
+
+
+def _validate(run: _Run, val_sets, val_feats, row: dict[str, Any], done: int) -> None:
+    """Add validation metrics to `row`; a better Recall@1 becomes the best (model_best.pt)."""
+    from ..models import save_checkpoint
+
+    conf = run.conf
+    metrics = evaluate_sets(
+        run.model,
+        conf["model"],
+        val_sets,
+        val_feats,
+        conf["positive_threshold"],
+        int(conf["forward_chunk"]),
+        run.device,
+    )
+    row.update({f"val_{k}": v for k, v in metrics.items()})
+    if metrics and metrics["r@1"] > run.best["r@1"]:
+        run.best = {**metrics, "step": done}
+        meta = {**run.extra, "step": done, "val": metrics}
+        save_checkpoint(run.output_dir / "model_best.pt", run.model, meta)
+
+
+def _save_final(run: _Run, steps: int, summary: dict[str, Any]) -> None:
+    """model_last.pt, and model_best.pt where validation never wrote one."""
+    from ..models import save_checkpoint
+
+    meta = {**run.extra, "step": steps, "summary": summary}
+    save_checkpoint(run.output_dir / "model_last.pt", run.model, meta)
+    if not (run.output_dir / "model_best.pt").exists():
+        save_checkpoint(run.output_dir / "model_best.pt", run.model, {**run.extra, "step": steps})
+
+
+def train(
+    train_sets: Sequence[ImageSet],
+    val_sets: Sequence[ImageSet],
+    feature_cache,
+    conf: dict[str, Any] | None,
+    output_dir: str | Path,
+    *,
+    resume: bool = False,
+    init_weights: str | Path | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train SuperGF on `train_sets`, validating on `val_sets`.
+
+    Args:
+        feature_cache: a `FeatureCache` (frozen local features; extracted once, then read back).
+        conf: training options, see `default_conf`.
+        output_dir: where checkpoints, log.csv and training.png go.
+        resume: continue from ``output_dir/checkpoint_last.pt`` (must exist).
+        init_weights: start from this SuperGF checkpoint (fine-tuning) instead of random init.
+        stop_after: stop (with a checkpoint) after this global step, e.g. to test `resume`.
+    Returns:
+        summary dict: steps, final_loss, best_val (metrics), seconds, output_dir, rows.
+    """
+    from tqdm import tqdm
+
+    conf = merge_conf(conf)
+    run, val_feats = _setup(
+        train_sets, val_sets, feature_cache, conf, Path(output_dir), init_weights, progress
+    )
+    if resume:
+        _resume(run)
     t0 = time.time()
     steps = int(conf["steps"])
-    bs = int(conf["batch_size"])
     bar = tqdm(
-        range(start_step, steps),
-        initial=start_step,
+        range(run.start_step, steps),
+        initial=run.start_step,
         total=steps,
         desc=f"train {conf['model']}",
-        disable=not (progress and is_main),
+        disable=not (progress and run.is_main),
     )
     last_loss = float("nan")
     for step in bar:
-        epoch, queries = batch_queries(len(sampler), bs * world, step, int(conf["seed"]))
-        queries = queries[rank * bs : (rank + 1) * bs]
-        rng = np.random.default_rng([int(conf["seed"]), step, rank])
-        samples = [sampler.sample(int(q), rng) for q in queries]
-        images = list(dict.fromkeys([i for s in samples for i in (s.query, *s.candidates)]))
-        index = {img: k for k, img in enumerate(images)}
-        desc, decor = embed(
-            model,
-            conf["model"],
-            [train_feats[i] for i in images],
-            int(conf["forward_chunk"]),
-            device,
-        )
-        if conf["in_batch_candidates"]:
-            cand_lists = [[i for i in images if i != s.query] for s in samples]
-        else:
-            cand_lists = [list(s.candidates) for s in samples]
-        width = max(len(c) for c in cand_lists)
-        sims = torch.zeros(len(samples), width, device=device)
-        labels = torch.zeros(len(samples), width, device=device)
-        mask = torch.zeros(len(samples), width, dtype=torch.bool, device=device)
-        for r, (s, cands) in enumerate(zip(samples, cand_lists)):
-            idx = torch.tensor([index[c] for c in cands], device=device)
-            sims[r, : len(cands)] = desc[idx] @ desc[index[s.query]]
-            labels[r, : len(cands)] = torch.tensor(
-                [sampler.label(s.query, c) for c in cands], device=device
-            )
-            mask[r, : len(cands)] = True
-        scaling = conf["similarity_scaling"]
-        if scaling == "minmax" or (scaling == "auto" and (is_sparse or is_residual)):
-            sims = minmax_scale(sims, mask)
-        out = criterion(sims, labels, mask)
-        loss = out["loss"]
-        if is_sparse and decor is not None and float(conf["decorrelation_weight"]) > 0:
-            loss = loss + float(conf["decorrelation_weight"]) * decor
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if dist.is_initialized():  # data parallel: average the gradients of all ranks
-            for p in model.parameters():
-                if not p.requires_grad:
-                    continue
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
-                p.grad /= world
-        if float(conf["grad_clip"]) > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), float(conf["grad_clip"]))
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        last_loss = float(loss.detach())
-        row: dict[str, Any] = {
-            "step": step + 1,
-            "epoch": epoch,
-            "lr": lr,
-            "loss": last_loss,
-            "ap_loss": float(out["loss"].detach()),
-            "decorrelation": float(decor.detach()) if decor is not None else "",
-            "train_ap": float(out["ap"].mean()),
-            "seconds": round(time.time() - t0, 2),
-        }
+        row = _train_step(run, step, t0)
+        last_loss = row["loss"]
         done = step + 1
-        if val_sets and (done % int(conf["val_every"]) == 0 or done == steps) and is_main:
-            metrics = evaluate_sets(
-                model,
-                conf["model"],
-                val_sets,
-                val_feats,
-                conf["positive_threshold"],
-                int(conf["forward_chunk"]),
-                device,
-            )
-            row.update({f"val_{k}": v for k, v in metrics.items()})
-            if metrics and metrics["r@1"] > best["r@1"]:
-                best = {**metrics, "step": done}
-                save_checkpoint(
-                    output_dir / "model_best.pt", model, {**extra, "step": done, "val": metrics}
-                )
-        rows.append(row)
-        if progress and is_main:
+        if val_sets and (done % int(conf["val_every"]) == 0 or done == steps) and run.is_main:
+            _validate(run, val_sets, val_feats, row, done)
+        run.rows.append(row)
+        if progress and run.is_main:
             bar.set_postfix(loss=f"{last_loss:.4f}", ap=f"{row['train_ap']:.3f}")
         stop = stop_after is not None and done >= stop_after
-        if is_main and (done % int(conf["checkpoint_every"]) == 0 or done == steps or stop):
-            save_state(done)
-            write_log(output_dir / "log.csv", rows)
-            plot_log(output_dir / "training.png", rows, f"{conf['model']} ({conf['features']})")
+        if run.is_main and (done % int(conf["checkpoint_every"]) == 0 or done == steps or stop):
+            _save_state(run, done)
         if stop:
             break
-    seconds = time.time() - t0
     summary = {
         "steps": steps,
         "final_loss": last_loss,
-        "best_val": best if best["r@1"] >= 0 else {},
-        "seconds": round(seconds, 1),
-        "output_dir": str(output_dir),
+        "best_val": run.best if run.best["r@1"] >= 0 else {},
+        "seconds": round(time.time() - t0, 1),
+        "output_dir": str(run.output_dir),
     }
-    if is_main and not (stop_after is not None and stop_after < steps):
-        save_checkpoint(
-            output_dir / "model_last.pt", model, {**extra, "step": steps, "summary": summary}
-        )
-        if not (output_dir / "model_best.pt").exists():
-            save_checkpoint(output_dir / "model_best.pt", model, {**extra, "step": steps})
+    if run.is_main and not (stop_after is not None and stop_after < steps):
+        _save_final(run, steps, summary)
     if dist.is_initialized():
         dist.barrier()
-    return {**summary, "rows": rows}
+    return {**summary, "rows": run.rows}

@@ -1,8 +1,7 @@
-"""Helpers to run real rclpy in isolation (own context, own domain, loopback-only discovery).
+"""Test helpers for real rclpy in isolation (own context, own ROS domain, loopback-only discovery).
 
-Used by the tests and handy for scripts: `with IsolatedRos() as ros: ...` gives a node in a fresh
-context spun on a background thread, in a ROS domain no other test run uses, with discovery and
-traffic confined to loopback. Child processes started with `ros.env` join the same domain.
+`with IsolatedRos() as ros: ...` gives a node spun on a background thread; child processes started
+with `ros.env` join the same domain.
 """
 
 from __future__ import annotations
