@@ -48,13 +48,16 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 from sensor_msgs.msg import CameraInfo, Image
+from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from supergf_ros.geometry import Camera
+from supergf_ros.geometry import Camera, Pose
+from supergf_ros.localization.localizer import PosePrior
 from supergf_ros.ros.conversions import (
     camera_info_to_camera,
     image_to_numpy,
     pose_to_ros,
+    stamp_to_ns,
 )
 from supergf_ros.ros.markers import map_markers
 from supergf_ros.ros.parameters import (
@@ -63,6 +66,10 @@ from supergf_ros.ros.parameters import (
     localizer_conf,
     validate_parameter,
 )
+from supergf_ros.ros.robot_frames import RobotFrames, pose_to_transform
+from supergf_ros.tracking import TransformError
+from supergf_ros.tracking.odometry import OdometryNoise
+from supergf_ros.tracking.tracker import Decision, Tracker, TrackerConfig
 
 try:
     from supergf_ros_msgs.msg import LocalizationStatus
@@ -142,7 +149,9 @@ class LocalizerNode(Node):
         self.params = {name: self.get_parameter(name).value for name in PARAMETERS}
 
         self._load_localizer()
+        self._tracker = Tracker(self._tracker_config())
         self._create_interfaces()
+        self._create_robot_interfaces()
         self._worker = threading.Thread(target=self._work, name="localizer-worker", daemon=True)
         self._worker.start()
         m = self._localizer.map
@@ -213,7 +222,33 @@ class LocalizerNode(Node):
             raise StartupError(f"the localizer fails on a test frame: {err}") from err
         self.get_logger().info(f"warm-up frame took {(time.perf_counter() - t0) * 1e3:.0f} ms")
 
+    def _tracker_config(self) -> TrackerConfig:
+        p = self.params
+        noise = OdometryNoise(
+            translation_noise_per_m=float(p["odometry_noise_per_m"]),
+            rotation_noise_per_m=float(np.radians(p["odometry_rotation_noise_deg_per_m"])),
+        )
+        return TrackerConfig(
+            confirm_fixes=int(p["confirm_fixes"]),
+            strong_inliers=int(p["strong_inliers"]),
+            max_failures=int(p["max_failures"]),
+            max_speed_mps=float(p["max_speed_mps"]),
+            noise=noise,
+        )
+
     # -- ROS interfaces -----------------------------------------------------------------------
+    def _create_robot_interfaces(self) -> None:
+        """REP-105 side: TF and odometry in; base pose, map -> odom; seeding and resetting."""
+        self._frames = RobotFrames(self, self.params)
+        self._base_pose_pub = self.create_publisher(PoseWithCovarianceStamped, "base_pose", 10)
+        self.create_subscription(
+            PoseWithCovarianceStamped, "initialpose", self._on_initial_pose, 10
+        )
+        self.create_service(Trigger, "~/relocalize", self._on_relocalize)
+        self._robot_timer = self.create_timer(
+            1.0 / float(self.params["map_to_odom_rate_hz"]), self._publish_robot_state
+        )
+
     def _create_interfaces(self) -> None:
         self._pose_pub = self.create_publisher(PoseStamped, "pose", 10)
         self._pose_cov_pub = self.create_publisher(
@@ -341,28 +376,38 @@ class LocalizerNode(Node):
         except ValueError as err:
             self._report_failure(msg, f"bad input: {err}", {}, queue_ms)
             return
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        base_from_cam = self._frames.base_from_camera(msg.header.frame_id, stamp_ns)
+        odom_from_base = self._frames.odom_from_base(stamp_ns)
+        prior = self._tracker.prior(stamp_ns, odom_from_base, base_from_cam)
+        prior_age = self._tracker.prior_age_s(stamp_ns) if prior else float("nan")
         try:
-            result = self._localizer.localize(image, camera)
+            result = self._localizer.localize(image, camera, prior=prior and PosePrior(*prior))
         except ValueError as err:
             self._report_failure(msg, f"bad input: {err}", {}, queue_ms)
             return
-        if not result.success:
-            self._report_failure(msg, result.reason or "localization failed", result, queue_ms)
+        decision = self._tracker.update(stamp_ns, result, odom_from_base, base_from_cam)
+        extra = {"decision": decision, "prior_age_s": prior_age}
+        if not decision.publish:
+            self._report_failure(msg, decision.reason, result, queue_ms, extra)
             return
         self._publish_pose(msg, result)
+        self._publish_base_pose(msg.header.stamp, decision)
         with self._lock:  # count before the status goes out, so its counters include this frame
             self._counts["processed"] += 1
             self._counts["localized"] += 1
             self._recent.append((time.perf_counter(), (time.perf_counter() - received) * 1e3, True))
-        self._publish_status(msg, result, "", queue_ms)
+        self._publish_status(msg, result, "", queue_ms, extra)
 
-    def _report_failure(self, msg: Image, reason: str, result: Any, queue_ms: float) -> None:
+    def _report_failure(
+        self, msg: Image, reason: str, result: Any, queue_ms: float, extra: dict | None = None
+    ) -> None:
         self.get_logger().warning(f"frame failed: {reason}", throttle_duration_sec=5.0)
         with self._lock:
             self._counts["processed"] += 1
             self._last_error = reason
             self._recent.append((time.perf_counter(), float("nan"), False))
-        self._publish_status(msg, result or None, reason, queue_ms)
+        self._publish_status(msg, result or None, reason, queue_ms, extra)
 
     def _publish_pose(self, msg: Image, result: Any) -> None:
         position, quat = pose_to_ros(result.cam_from_world)
@@ -388,8 +433,11 @@ class LocalizerNode(Node):
             tf.transform.rotation = ps.pose.orientation
             self._tf_pub.publish(TFMessage(transforms=[tf]))
 
-    def _publish_status(self, msg: Image, result: Any, reason: str, queue_ms: float) -> None:
+    def _publish_status(
+        self, msg: Image, result: Any, reason: str, queue_ms: float, extra: dict | None = None
+    ) -> None:
         st = LocalizationStatus()
+        _fill_tracking_status(st, result, extra or {}, self._tracker.mode())
         st.header.stamp = msg.header.stamp
         st.header.frame_id = self.params["map_frame"]
         st.success = not reason
@@ -412,6 +460,68 @@ class LocalizerNode(Node):
             st.frames_dropped = self._counts["dropped"]
             st.frames_localized = self._counts["localized"]
         self._status_pub.publish(st)
+
+    def _publish_base_pose(self, stamp: Any, decision: Decision | Any) -> None:
+        """`base_pose`: a fix or a prediction of the base in the map, with its covariance."""
+        pc = PoseWithCovarianceStamped()
+        pc.header.stamp = stamp
+        pc.header.frame_id = self.params["map_frame"]
+        pose = decision.map_from_base
+        p = pc.pose.pose
+        p.position.x, p.position.y, p.position.z = (float(v) for v in pose.tvec)
+        qw, qx, qy, qz = (float(v) for v in pose.qvec)
+        p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w = qx, qy, qz, qw
+        pc.pose.covariance = [float(v) for v in np.asarray(decision.covariance).reshape(-1)]
+        self._base_pose_pub.publish(pc)
+
+    def _publish_robot_state(self) -> None:
+        """Timer: map -> odom (stamped ahead by transform_tolerance) and the propagated base."""
+        tracker, frames = self._tracker, self._frames
+        if not tracker.propagator.has_fix or self.params["odometry_source"] == "none":
+            return
+        odom, base = self.params["odom_frame"], self.params["base_frame"]
+        try:
+            latest = frames.buffer.latest_common_time(odom, base)
+            prediction = tracker.predict(latest, frames.buffer.lookup(odom, base, latest))
+        except (TransformError, RuntimeError):  # lost the fix or the odometry meanwhile
+            return
+        if prediction is not None:
+            self._publish_base_pose(_ns_to_stamp(latest), prediction)
+        if self._tf_pub is not None and self.params["publish_map_to_odom"]:
+            tolerance_ns = int(float(self.params["transform_tolerance"]) * 1e9)
+            stamp = _ns_to_stamp(self.get_clock().now().nanoseconds + tolerance_ns)
+            map_from_odom = tracker.propagator.map_from_odom
+            tf = pose_to_transform(self.params["map_frame"], odom, stamp, map_from_odom)
+            self._tf_pub.publish(TFMessage(transforms=[tf]))
+
+    def _on_initial_pose(self, msg: PoseWithCovarianceStamped) -> None:
+        """RViz's "2D Pose Estimate" (the base in the map frame) seeds tracking."""
+        if msg.header.frame_id.lstrip("/") not in ("", self.params["map_frame"]):
+            self.get_logger().warning(
+                f"initialpose ignored: it is in '{msg.header.frame_id}', not the map frame "
+                f"'{self.params['map_frame']}'"
+            )
+            return
+        stamp_ns = stamp_to_ns(msg.header.stamp) or self.get_clock().now().nanoseconds
+        odom_from_base = self._frames.odom_from_base(stamp_ns)
+        if odom_from_base is None:
+            why = self._frames.odometry_error or "odometry_source is none"
+            self.get_logger().warning(f"initialpose ignored: a seed needs odometry ({why})")
+            return
+        p = msg.pose.pose
+        pose = Pose(
+            np.array([p.orientation.w, p.orientation.x, p.orientation.y, p.orientation.z]),
+            np.array([p.position.x, p.position.y, p.position.z]),
+        )
+        self._tracker.seed(stamp_ns, pose, _seed_covariance(msg.pose.covariance), odom_from_base)
+        self.get_logger().info(f"seeded at {np.round(pose.tvec, 2).tolist()} from initialpose")
+
+    def _on_relocalize(self, request: Any, response: Any) -> Any:
+        self._tracker.reset()
+        response.success = True
+        response.message = "prior dropped: the next fix comes from a global search"
+        self.get_logger().info(response.message)
+        return response
 
     # -- diagnostics and markers --------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
@@ -450,7 +560,14 @@ class LocalizerNode(Node):
             "backend": self._localizer.backend_info["backend"],
             "device": self._localizer.backend_info["device"],
             "backend_reason": self._localizer.backend_info["reason"],
+            "mode": self._tracker.mode(),
+            "odometry_source": str(self.params["odometry_source"]),
+            "odometry_error": self._frames.odometry_error,
+            "extrinsic_error": self._frames.extrinsic_error,
         }
+        if st.level == DiagnosticStatus.OK and self._frames.odometry_error:
+            st.level = DiagnosticStatus.WARN
+            st.message = "localizing camera-only: " + self._frames.odometry_error
         st.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
@@ -464,6 +581,36 @@ class LocalizerNode(Node):
             self._lock.notify_all()
         if self._worker.is_alive():
             self._worker.join(timeout=30.0)
+
+
+def _ns_to_stamp(ns: int) -> Any:
+    from builtin_interfaces.msg import Time
+
+    sec, nanosec = divmod(int(ns), 1_000_000_000)
+    return Time(sec=sec, nanosec=nanosec)
+
+
+def _seed_covariance(values: Any) -> np.ndarray:
+    """A seed's covariance with its unset (zero) variances made loose: RViz's 2D estimate leaves
+    z, roll and pitch at 0, which would otherwise read as certain."""
+    cov = np.asarray(values, dtype=np.float64).reshape(6, 6).copy()
+    loose = [0.5**2] * 3 + [np.radians(10.0) ** 2] * 3
+    for i in range(6):
+        if not cov[i, i] > 0:
+            cov[i, :], cov[:, i] = 0.0, 0.0
+            cov[i, i] = loose[i]
+    return cov
+
+
+def _fill_tracking_status(st: Any, result: Any, extra: dict, mode: str) -> None:
+    decision = extra.get("decision")
+    st.mode = decision.mode if decision is not None else mode
+    gate = getattr(result, "gate", None)
+    st.gate_checked = gate is not None
+    if gate is not None:
+        st.gate_passed, st.gate_d2 = bool(gate.accepted), float(gate.d2)
+        st.gate_threshold = float(gate.threshold)
+    st.prior_age_s = float(extra.get("prior_age_s", float("nan")))
 
 
 def main(args: list[str] | None = None) -> int:

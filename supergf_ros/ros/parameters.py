@@ -21,6 +21,7 @@ class NodeParam:
 
 
 FALLBACK_INTRINSICS = ("none", "map", "parameters")
+ODOMETRY_SOURCES = ("tf", "topic", "none")
 
 _NODE_ONLY: dict[str, NodeParam] = {
     "map_path": NodeParam("", "Map file (.h5) written by `supergf-ros build-map`. Required."),
@@ -52,6 +53,57 @@ _NODE_ONLY: dict[str, NodeParam] = {
     ),
     "warmup": NodeParam(True, "Run one dummy frame at start-up so the first real one is fast."),
     "diagnostics_period_s": NodeParam(1.0, "Period of /diagnostics.", bounds=(0.05, 60.0)),
+    # -- the robot (REP-105: map -> odom -> base_link -> camera) --
+    "base_frame": NodeParam("base_link", "The robot's base frame."),
+    "odom_frame": NodeParam("odom", "The odometry frame (odom -> base_frame from odometry)."),
+    "odometry_source": NodeParam(
+        "tf",
+        "Where odom -> base_frame comes from: tf (/tf) | topic (nav_msgs/Odometry on "
+        "odometry_topic) | none (camera only: global mode, no map -> odom).",
+        choices=ODOMETRY_SOURCES,
+    ),
+    "odometry_topic": NodeParam("odom", "nav_msgs/Odometry topic (odometry_source: topic)."),
+    "base_from_camera": NodeParam(
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+        "Camera pose in base_frame [x, y, z, qx, qy, qz, qw] when TF has no base -> camera.",
+    ),
+    "publish_map_to_odom": NodeParam(
+        True, "Broadcast map -> odom on /tf (when odometry is available).", False
+    ),
+    "map_to_odom_rate_hz": NodeParam(
+        20.0, "Rate of the map -> odom broadcast and of propagated base_pose.", bounds=(0.1, 1000.0)
+    ),
+    "transform_tolerance": NodeParam(
+        0.5,
+        "map -> odom is stamped this far in the future (as AMCL); odometry this much older "
+        "than an image is still used (s).",
+        False,
+        (0.0, 10.0),
+    ),
+    "confirm_fixes": NodeParam(
+        2, "Consistent global fixes in a row before the first one is published.", False, (1, 20)
+    ),
+    "strong_inliers": NodeParam(
+        100,
+        "A global fix with this many PnP inliers needs no confirmation; 0: off.",
+        False,
+        (0, 100000),
+    ),
+    "max_failures": NodeParam(
+        3, "Failed tracking frames in a row before falling back to global mode.", False, (1, 1000)
+    ),
+    "max_speed_mps": NodeParam(
+        30.0,
+        "Fastest plausible motion between two global fixes (no-jump check, m/s).",
+        False,
+        (0.1, 1000.0),
+    ),
+    "odometry_noise_per_m": NodeParam(
+        0.02, "Odometry translation drift, 1-sigma per metre travelled.", bounds=(0.0, 10.0)
+    ),
+    "odometry_rotation_noise_deg_per_m": NodeParam(
+        0.5, "Odometry heading drift, 1-sigma degrees per metre travelled.", bounds=(0.0, 90.0)
+    ),
 }
 
 
@@ -89,6 +141,14 @@ def validate_parameter(name: str, value: Any) -> str:
         return f"{name} must be in [{p.bounds[0]}, {p.bounds[1]}], got {value}"
     if name in ("image_topic", "camera_info_topic", "map_frame") and not str(value).strip():
         return f"{name} must not be empty"
+    if name == "base_from_camera":
+        vals = list(value)
+        if len(vals) != 7 or not all(math.isfinite(v) for v in vals):
+            return (
+                f"base_from_camera must be 7 finite numbers [x, y, z, qx, qy, qz, qw], got {vals}"
+            )
+        if abs(math.sqrt(sum(v * v for v in vals[3:])) - 1.0) > 1e-3:
+            return f"base_from_camera's quaternion must have norm 1, got {vals[3:]}"
     if name == "intrinsics":
         vals = list(value)
         if len(vals) != 4 or not all(math.isfinite(v) for v in vals):
