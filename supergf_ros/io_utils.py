@@ -11,12 +11,16 @@ behind.
 - `atomic_output_dir(path)`: the same for a folder (e.g. a rosbag2 bag); an existing target is
   replaced as a whole.
 - `file_sha256(path)`: hex SHA-256 of a file, read in chunks.
+- `load_npy_safely(path)`: a ``.npy`` file without running code planted in it (object arrays are
+  unpickled with a restricted unpickler that only rebuilds numpy arrays of plain Python data).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -100,10 +104,98 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+# What a pickled numpy object array may reference: numpy's own array reconstruction. Anything
+# else a pickle names (os.system, builtins.open, eval, ...) would run on load and is refused.
+_NUMPY_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+_MAX_NPY_BYTES = 256 << 20
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def __init__(self, file, path: Path):
+        super().__init__(file)
+        self._path = path
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _NUMPY_PICKLE_GLOBALS:
+            raise ValueError(
+                f"{self._path}: refusing to unpickle '{module}.{name}': only numpy arrays of plain "
+                "numbers, strings and lists are allowed in this file (it may hold planted code)"
+            )
+        import numpy as np
+
+        if name == "ndarray":
+            return np.ndarray
+        if name == "dtype":
+            return np.dtype
+        multiarray = getattr(np, "_core", None) or np.core
+        return getattr(multiarray.multiarray, name)
+
+    def persistent_load(self, pid):
+        raise ValueError(f"{self._path}: refusing a pickle persistent id (not a plain numpy file)")
+
+
+def load_npy_safely(path: str | Path, max_bytes: int = _MAX_NPY_BYTES):
+    """A ``.npy`` array; object arrays are read without executing code (see module doc).
+
+    Plain arrays load with ``allow_pickle=False``. An object array's pickle may only rebuild
+    numpy arrays, dtypes and scalars; its elements come back as plain Python values (ints, floats,
+    strings, lists, tuples, dicts) or such arrays.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a .npy file, larger than `max_bytes`, or a pickle that names anything else
+            (the message names the file and the refused global).
+    """
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"array file not found: {path}")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{path}: {size} B is larger than the {max_bytes} B allowed for this file")
+    raw = path.read_bytes()
+    f = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, SyntaxError, TypeError) as err:
+        raise ValueError(f"{path} is not a readable .npy file: {err}") from err
+    if not dtype.hasobject:
+        try:
+            return np.load(io.BytesIO(raw), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f"{path} is not a readable .npy file: {err}") from err
+    try:
+        array = _NumpyOnlyUnpickler(f, path).load()
+    except ValueError:
+        raise
+    except Exception as err:  # truncated or malformed pickle stream
+        raise ValueError(f"{path}: cannot read the object array: {err}") from err
+    if not isinstance(array, np.ndarray) or array.shape != tuple(shape):
+        raise ValueError(
+            f"{path}: the pickled data is not the {tuple(shape)} array its header says"
+        )
+    return array
+
+
 __all__ = [
     "atomic_output",
     "atomic_output_dir",
     "atomic_write_bytes",
     "atomic_write_text",
     "file_sha256",
+    "load_npy_safely",
 ]
