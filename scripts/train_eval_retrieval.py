@@ -32,6 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from supergf_ros.evaluation.eval_vpr import read_ground_truth
 from supergf_ros.features import create_extractor
 from supergf_ros.models.aggregators import create_aggregator
 from supergf_ros.training.cache import FeatureCache
@@ -135,8 +136,8 @@ def main() -> None:
     root = data / "vpr" / "corridor"
     q_paths = sorted((root / "query").glob("*.jpg"))
     db_paths = sorted((root / "ref").glob("*.jpg"))
-    gt = np.load(root / "ground_truth_new.npy", allow_pickle=True)
-    positives = [np.asarray(gt[i][1]) for i in range(len(q_paths))]
+    gt = read_ground_truth(root / "ground_truth_new.npy", len(q_paths), len(db_paths))
+    positives = [np.asarray(refs) for refs in gt]  # read without unpickling code
     benchmarks["corridor"] = (q_paths, db_paths, {"gt": positives})
     # Herz-Jesus-P25
     s = load_project_dataset(data / "strecha" / "Herz-Jesus-P25")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from train_finetune_map import describe, finetune, write_results  # scripts/ is on sys.path
 
+from supergf_ros.evaluation.eval_vpr import read_ground_truth
 from supergf_ros.features import create_extractor
 from supergf_ros.training.cache import FeatureCache
 from supergf_ros.training.trainer import recall_at_n
@@ -60,8 +61,8 @@ def main() -> None:
             raise ValueError(f"{path} not found (run from the repository root)")
     q_paths = sorted((root / "query").glob("*.jpg"))
     db_paths = sorted((root / "ref").glob("*.jpg"))
-    gt = np.load(root / "ground_truth_new.npy", allow_pickle=True)
-    positives = [np.asarray(gt[i][1]) for i in range(len(q_paths))]
+    gt = read_ground_truth(root / "ground_truth_new.npy", len(q_paths), len(db_paths))
+    positives = [np.asarray(refs) for refs in gt]  # read without unpickling code
     extractor = create_extractor("superpoint", weights=str(sp), max_keypoints=512)
     cache = FeatureCache(args.work_dir / "features", extractor, (320, 240))
     fq, fdb = cache.load(q_paths), cache.load(db_paths)

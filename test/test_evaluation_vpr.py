@@ -74,3 +74,59 @@ def test_shipped_supergf_beats_training_free_on_held_out_corridor(
     # measured: SuperGF-dense 0.901, SuperGF-sparse 0.847, VLAD 0.874, GeM 0.802, raw 0.270
     assert r1["supergf-dense"] > r1["vlad"] > r1["gem"] > raw
     assert r1["supergf-dense"] >= 0.88 and r1["supergf-sparse"] > r1["gem"]
+
+
+class _Payload:
+    """Unpickling this runs `open(marker, "w")`: it creates the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _copy_corridor_with_ground_truth(corridor: Path, dest: Path, gt) -> Path:
+    import numpy as np
+
+    for sub in ("query", "ref"):
+        (dest / sub).mkdir(parents=True)
+        for p in sorted((corridor / sub).iterdir())[:3]:
+            (dest / sub / p.name).symlink_to(p)
+    np.save(dest / "ground_truth_new.npy", gt, allow_pickle=True)
+    return dest
+
+
+def test_planted_pickle_payload_is_refused_and_never_runs(corridor: Path, tmp_path: Path):
+    import numpy as np
+
+    marker = tmp_path / "payload_ran"
+    gt = np.empty((1, 2), dtype=object)
+    gt[0, 0], gt[0, 1] = 0, _Payload(marker)
+    root = _copy_corridor_with_ground_truth(corridor, tmp_path / "vpr", gt)
+    with pytest.raises(ValueError, match=r"ground_truth_new\.npy.*(refus|not allowed)") as err:
+        read_vpr_dataset(root)
+    assert "open" in str(err.value)  # names what it refused
+    assert not marker.exists()  # the payload did not run
+    # the same through the CLI: exit 2, no traceback, no payload
+    assert main(["eval-vpr", str(root), "--raw-pixels"]) == 2
+    assert not marker.exists()
+
+
+def test_ground_truth_forms_read_without_unpickling(corridor: Path, tmp_path: Path):
+    import numpy as np
+
+    # the shipped object array reads the same as numpy's (trusted) unpickling of it
+    trusted = np.load(corridor / "ground_truth_new.npy", allow_pickle=True)
+    _, _, positives = read_vpr_dataset(corridor)
+    assert positives == [[int(r) for r in row[1]] for row in trusted]
+    # a plain integer array (one reference per query) needs no pickle at all
+    root = _copy_corridor_with_ground_truth(
+        corridor, tmp_path / "plain", np.array([[0, 1], [2, 0]], np.int64)
+    )
+    assert read_vpr_dataset(root)[2] == [[1], [], [0]]
+    # an object array holding a numpy array of ints (np.save of arrays of arrays) also reads
+    gt = np.empty((1, 2), dtype=object)
+    gt[0, 0], gt[0, 1] = np.int64(1), np.array([0, 2])
+    root = _copy_corridor_with_ground_truth(corridor, tmp_path / "arrays", gt)
+    assert read_vpr_dataset(root)[2] == [[], [0, 2], []]

@@ -142,3 +142,78 @@ def test_atomic_output_has_regular_file_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "map.txt").stat().st_mode) == 0o644
+
+
+def _killed_writer(target: Path, directory: bool = False) -> Path:
+    """Run a writer in a child process, kill -9 it mid-write; return the temp path it left."""
+    import signal
+    import subprocess
+    import sys
+
+    kind = "atomic_output_dir" if directory else "atomic_output"
+    fill = (
+        "t.mkdir(); (t / 'a.mcap').write_bytes(b'half')" if directory else "t.write_bytes(b'half')"
+    )
+    code = (
+        "import sys, time\n"
+        f"from supergf_ros.io_utils import {kind}\n"
+        f"with {kind}(sys.argv[1]) as t:\n"
+        f"    {fill}\n"
+        "    print(t, flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        tmp = Path(proc.stdout.readline().strip())
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+    return tmp if not directory else tmp.parent
+
+
+def test_next_write_removes_temp_files_left_by_a_killed_writer(tmp_path: Path) -> None:
+    path = tmp_path / "map.h5"
+    path.write_bytes(b"good map")
+    left = _killed_writer(path)
+    assert left.exists() and left.parent == tmp_path and left.name.startswith(".map.h5.")
+    # a leftover of an older release (no writer PID in the name), from before this process started
+    legacy = tmp_path / ".map.h5.k2j4h_9a.tmp"
+    legacy.write_bytes(b"half")
+    os.utime(legacy, (1_000_000_000, 1_000_000_000))
+    # not ours to touch: another target's temp file, another file of the same name stem, and a
+    # temp file whose writer is still alive (pid 1 always exists)
+    other = tmp_path / ".other.h5.k2j4h_9a.tmp"
+    other.write_bytes(b"x")
+    backup = tmp_path / "map.h5.bak"
+    backup.write_bytes(b"x")
+    alive = tmp_path / ".map.h5.1-abcdefgh.tmp"
+    alive.write_bytes(b"x")
+    atomic_write_bytes(path, b"new map")
+    assert path.read_bytes() == b"new map"
+    assert not left.exists() and not legacy.exists()
+    assert _leftovers(tmp_path, {"map.h5"}) == sorted([other.name, backup.name, alive.name])
+
+
+def test_cleanup_never_touches_a_write_in_progress(tmp_path: Path) -> None:
+    path = tmp_path / "map.h5"
+    with atomic_output(path) as outer:
+        outer.write_bytes(b"outer, in progress")
+        atomic_write_bytes(path, b"inner")  # a second write to the same target meanwhile
+        assert outer.read_bytes() == b"outer, in progress"
+    assert path.read_bytes() == b"outer, in progress"
+    assert _leftovers(tmp_path, {"map.h5"}) == []
+
+
+def test_next_folder_write_removes_temp_folders_left_by_a_killed_writer(tmp_path: Path) -> None:
+    bag = tmp_path / "bag"
+    left = _killed_writer(bag, directory=True)
+    assert left.is_dir() and left.name.startswith(".bag.")
+    with atomic_output_dir(bag) as tmp:
+        tmp.mkdir()
+        (tmp / "a.mcap").write_bytes(b"whole")
+    assert not left.exists()
+    assert _leftovers(tmp_path, {"bag"}) == []

@@ -13,6 +13,7 @@ from test_mapping_build import cached_strecha_map
 from supergf_ros.datasets import Dataset
 from supergf_ros.geometry import Camera
 from supergf_ros.localization import Localizer
+from supergf_ros.mapping.map_format import update_checksums
 
 
 @pytest.fixture(scope="module")
@@ -93,5 +94,8 @@ def test_map_with_tampered_global_state(fountain, superpoint_weights: Path, tmp_
     tampered.write_bytes(map_path.read_bytes())
     with h5py.File(tampered, "a") as f:
         f["aggregator_state/vlad_centroids"][0, 0] += 0.5  # codebook no longer matches the map
+    with pytest.raises(ValueError, match="'aggregator_state/vlad_centroids' fails its checksum"):
+        Localizer.from_map(tampered, {"superpoint_weights": superpoint_weights})
+    update_checksums(tampered)  # a consistently written map with the wrong codebook
     with pytest.raises(ValueError, match="global descriptors"):
         Localizer.from_map(tampered, {"superpoint_weights": superpoint_weights})

@@ -10,7 +10,8 @@ import pytest
 
 from supergf_ros.datasets import Dataset, read_image_list, read_results, write_results
 from supergf_ros.geometry import Camera, Pose
-from supergf_ros.mapping import FORMAT_VERSION, MapData, read_map, write_map
+from supergf_ros.mapping import FORMAT_VERSION, MapData, MapFormatError, read_map, write_map
+from supergf_ros.mapping.map_format import update_checksums
 from supergf_ros.mapping.pairs import pairs_from_poses, pairs_from_retrieval, select_pairs
 
 
@@ -90,11 +91,15 @@ def test_map_incompatible_or_incomplete(tmp_path: Path):
     write_map(path, _toy_map())
     with h5py.File(path, "a") as f:
         f.attrs["format_version"] = FORMAT_VERSION + 1
+    with pytest.raises(MapFormatError, match="longer than written"):  # edited after writing
+        read_map(path)
+    update_checksums(path)  # as if written so
     with pytest.raises(ValueError, match="format version"):
         read_map(path)
     write_map(path, _toy_map())
     with h5py.File(path, "a") as f:
         del f["points3D/xyz"]
+    update_checksums(path)
     with pytest.raises(ValueError, match="missing datasets"):
         read_map(path)
     other = tmp_path / "other.h5"

@@ -10,7 +10,7 @@ as hloc writes them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -136,21 +136,71 @@ class Dataset:
         return names
 
 
-def read_image_list(path: str | Path) -> list[str]:
-    """Image names, one per line (blank lines and '#' comments skipped; a trailing part after
-    whitespace, e.g. intrinsics as in hloc query lists, is ignored)."""
+def _show(name: str, limit: int = 120) -> str:
+    """`name` quoted for an error message, cut to `limit` characters."""
+    return repr(name) if len(name) <= limit else f"{name[:limit]!r}... ({len(name)} chars)"
+
+
+def read_text_lines(path: str | Path, what: str = "file") -> list[tuple[int, str]]:
+    """(line number, stripped text) of the non-blank, non-'#' lines of a UTF-8 text file.
+
+    Raises:
+        FileNotFoundError: no such file (the message says which `what`).
+        ValueError: not UTF-8 text (binary data), naming the file and the byte offset.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image list not found: {path}")
-    names = []
-    for line in path.read_text().splitlines():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path}:{line}: not a UTF-8 text {what} (undecodable byte at offset {err.start}; "
+            "binary data?)"
+        ) from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise ValueError(f"{path}:{line}: not a text {what} (contains NUL bytes; binary data?)")
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if line and not line.startswith("#"):
-            names.append(line.split()[0])
+            out.append((i, line))
+    return out
+
+
+def _check_name(
+    path: Path, lineno: int, name: str, seen: dict[str, int], known, known_in: str
+) -> None:
+    if name in seen:
+        raise ValueError(
+            f"{path}:{lineno}: duplicate name {_show(name)} (first on line {seen[name]})"
+        )
+    seen[name] = lineno
+    if known is not None and name not in known:
+        raise ValueError(f"{path}:{lineno}: {_show(name)} is not in {known_in}")
+
+
+def read_image_list(
+    path: str | Path, known_names: Collection[str] | None = None, known_in: str = "the dataset"
+) -> list[str]:
+    """Image names, one per line (blank lines and '#' comments skipped; a trailing part after
+    whitespace, e.g. intrinsics as in hloc query lists, is ignored).
+
+    Raises ValueError naming the file and line for a duplicate name, a name not in
+    `known_names` (when given; `known_in` says where they come from), or binary input.
+    """
+    path = Path(path)
+    names: list[str] = []
+    seen: dict[str, int] = {}
+    for i, line in read_text_lines(path, "image list"):
+        name = line.split()[0]
+        _check_name(path, i, name, seen, known_names, known_in)
+        names.append(name)
     if not names:
         raise ValueError(f"image list {path} is empty")
-    if len(set(names)) != len(names):
-        raise ValueError(f"image list {path} has duplicate names")
     return names
 
 
@@ -173,16 +223,18 @@ def write_results(path: str | Path, poses: Mapping[str, Pose]) -> None:
     atomic_write_text(path, format_results(poses))
 
 
-def read_results(path: str | Path) -> dict[str, Pose]:
-    """Read a results file into {name: cam_from_world}."""
+def read_results(
+    path: str | Path, known_names: Collection[str] | None = None, known_in: str = "the dataset"
+) -> dict[str, Pose]:
+    """Read a results file into {name: cam_from_world}.
+
+    Raises ValueError naming the file and line for a malformed line, a duplicate name, a name
+    not in `known_names` (when given; `known_in` says where they come from) or binary input.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"results file not found: {path}")
     poses: dict[str, Pose] = {}
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    seen: dict[str, int] = {}
+    for i, line in read_text_lines(path, "results file"):
         parts = line.split()
         if len(parts) != 8:
             raise ValueError(
@@ -193,5 +245,6 @@ def read_results(path: str | Path) -> dict[str, Pose]:
             pose = Pose(values[:4], values[4:])
         except ValueError as err:
             raise ValueError(f"{path}:{i}: bad pose values: {err}") from err
+        _check_name(path, i, parts[0], seen, known_names, known_in)
         poses[parts[0]] = pose
     return poses

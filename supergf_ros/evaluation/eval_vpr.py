@@ -37,17 +37,50 @@ def read_vpr_dataset(root: str | Path) -> tuple[list[Path], list[Path], list[lis
     gt_path = root / "ground_truth_new.npy"
     if not gt_path.is_file():
         raise ValueError(f"VPR dataset {root} lacks ground_truth_new.npy")
-    gt = np.load(gt_path, allow_pickle=True)  # trusted shared data: object array of lists
-    positives: list[list[int]] = [[] for _ in lists[0]]
-    for row in gt:
-        q = int(row[0])
-        if not 0 <= q < len(lists[0]):
-            raise ValueError(f"{gt_path}: query index {q} out of range (0..{len(lists[0]) - 1})")
-        refs = [int(r) for r in np.atleast_1d(row[1])]
-        if any(not 0 <= r < len(lists[1]) for r in refs):
-            raise ValueError(f"{gt_path}: reference index out of range for query {q}")
-        positives[q] = refs
+    positives = read_ground_truth(gt_path, len(lists[0]), len(lists[1]))
     return lists[0], lists[1], positives
+
+
+def _index(value: Any, path: Path, what: str) -> int:
+    """A plain integer index (Python/numpy int or integral float), else a ValueError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, np.integer, float, np.floating)
+    ):
+        raise ValueError(f"{path}: {what} must be an integer, got {type(value).__name__}")
+    if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+        raise ValueError(f"{path}: {what} must be an integer, got {value!r}")
+    return int(value)
+
+
+def read_ground_truth(path: str | Path, num_queries: int, num_refs: int) -> list[list[int]]:
+    """Positives per query from ``ground_truth_new.npy`` (rows ``(query, [references])``).
+
+    The file is read without running code: a plain integer array of shape (N, 2), or an object
+    array whose pickle only rebuilds numpy arrays of plain ints and lists (`load_npy_safely`);
+    a file naming anything else (a planted payload) is refused with a ValueError.
+    """
+    from ..io_utils import load_npy_safely
+
+    path = Path(path)
+    gt = load_npy_safely(path)
+    if gt.ndim != 2 or gt.shape[1] != 2:
+        raise ValueError(
+            f"{path}: expected rows (query_index, [reference indices]), shape {gt.shape}"
+        )
+    positives: list[list[int]] = [[] for _ in range(num_queries)]
+    for row in gt:
+        q = _index(row[0], path, "a query index")
+        if not 0 <= q < num_queries:
+            raise ValueError(f"{path}: query index {q} out of range (0..{num_queries - 1})")
+        cell = row[1]
+        items = cell.tolist() if isinstance(cell, np.ndarray) else cell
+        if not isinstance(items, (list, tuple)):
+            items = [items]
+        refs = [_index(r, path, f"a reference index of query {q}") for r in items]
+        if any(not 0 <= r < num_refs for r in refs):
+            raise ValueError(f"{path}: reference index out of range for query {q}")
+        positives[q] = refs
+    return positives
 
 
 def _read(path: Path, grayscale: bool) -> np.ndarray:

@@ -12,20 +12,28 @@ from pathlib import Path
 
 
 def evaluate_results(
-    results_path: str | Path, dataset_dir: str | Path, query_names: list[str] | None = None
+    results_path: str | Path,
+    dataset_dir: str | Path,
+    query_names: list[str] | str | Path | None = None,
 ) -> dict:
     """Pose metrics of a results file against a dataset's model (see `metrics.pose_metrics`).
 
-    Queries default to every name in the results file. Extra keys: "errors"
-    ({name: [position m, rotation deg] or None}).
+    Queries default to every name in the results file; `query_names` is a list or the path of a
+    query list. Extra keys: "errors" ({name: [position m, rotation deg] or None}).
+
+    Raises ValueError (naming the file and line) for a duplicate name or a name without a
+    ground-truth pose in the dataset, in the results or the query list, and for binary input.
     """
-    from ..datasets import Dataset, read_results
+    from ..datasets import Dataset, read_image_list, read_results
     from .metrics import pose_errors, pose_metrics
 
-    estimates = read_results(results_path)
     dataset = Dataset(dataset_dir)
     if not dataset.poses:
         raise ValueError(f"dataset {dataset_dir} has no poses to evaluate against")
+    known_in = f"dataset {dataset.root} (no ground-truth pose in {dataset.model_dir})"
+    estimates = read_results(results_path, dataset.poses, known_in)
+    if isinstance(query_names, (str, Path)):
+        query_names = read_image_list(query_names, dataset.poses, known_in)
     names = list(query_names) if query_names is not None else list(estimates)
     if not names:
         raise ValueError(f"no queries: {results_path} is empty and no --queries list was given")
@@ -73,10 +81,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..datasets import read_image_list
-
-    names = read_image_list(args.queries) if args.queries else None
-    metrics = evaluate_results(args.results, args.dataset, names)
+    metrics = evaluate_results(args.results, args.dataset, args.queries)
     if args.json:
         if not args.per_query:
             metrics.pop("errors")

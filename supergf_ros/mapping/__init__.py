@@ -6,8 +6,10 @@ Heavy dependencies (pycolmap, torch) load only when a builder function runs.
 from .map_format import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    READABLE_VERSIONS,
     RUNTIME_OPTIONS,
     MapData,
+    MapFormatError,
     read_map,
     strip_runtime_options,
     write_map,
@@ -16,8 +18,10 @@ from .map_format import (
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "READABLE_VERSIONS",
     "RUNTIME_OPTIONS",
     "MapData",
+    "MapFormatError",
     "read_map",
     "strip_runtime_options",
     "write_map",

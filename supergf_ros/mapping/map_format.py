@@ -1,12 +1,13 @@
 """The map file (HDF5): versioned, self-describing, written atomically.
 
-Layout (format ``supergf_ros.map`` version 1). Per-keypoint arrays of all keyframes are
+Layout (format ``supergf_ros.map`` version 2). Per-keypoint arrays of all keyframes are
 concatenated; keyframe ``i`` owns rows ``keypoint_offsets[i]:keypoint_offsets[i+1]``.
 
 ```
-/  attrs: format="supergf_ros.map", format_version=1, created (ISO time), description,
+/  attrs: format="supergf_ros.map", format_version=2, created (ISO time), description,
           extractor (JSON {"name","config","weights_sha256"}),
-          aggregator (JSON {"name","config","weights_sha256"}), build_conf (JSON), summary (JSON)
+          aggregator (JSON {"name","config","weights_sha256"}), build_conf (JSON), summary (JSON),
+          checksums (JSON {"algorithm": "crc32", "datasets": {path: crc}, "attributes": {key: crc}})
 /keyframes/names            (K,) str
 /keyframes/cameras          (K,) str, JSON Camera dicts {"model","width","height","params"}
 /keyframes/cam_from_world   (K, 7) float64  qw qx qy qz tx ty tz
@@ -21,11 +22,22 @@ concatenated; keyframe ``i`` owns rows ``keypoint_offsets[i]:keypoint_offsets[i+
 /points3D/error             (P,) float32 mean reprojection error (px)
 /aggregator_state/<key>     arrays of the aggregator's state() (e.g. the VLAD codebook)
 ```
+
+Versions: 2 adds ``checksums``: a CRC-32 of every dataset (over its dtype, shape and raw
+little-endian bytes; strings length-prefixed UTF-8) and of the identity attributes (extractor,
+aggregator, build_conf, summary), verified on every load, so a flipped byte anywhere in the data
+is reported naming the dataset. CRC-32 catches storage and transfer corruption (all bursts up to
+32 bits), not deliberate tampering: whoever can write a map can also write its checksums.
+Version 1 maps (no checksums) still load, with the structural checks only.
+
+`read_map` raises `MapFormatError` (a ValueError) for anything wrong with a file's content,
+and FileNotFoundError when it is missing; never another exception type.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,7 +49,26 @@ from ..geometry import Camera, Pose
 from ..io_utils import atomic_output
 
 FORMAT_NAME = "supergf_ros.map"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Versions this code reads: 1 (no checksums) and 2 (checksums, verified at load).
+READABLE_VERSIONS = (1, 2)
+CHECKSUM_ATTRIBUTES = ("extractor", "aggregator", "build_conf", "summary")
+MAX_ATTRIBUTE_CHARS = 16 << 20  # a JSON attribute larger than this is not a map's
+
+
+class MapFormatError(ValueError):
+    """A map file (or MapData) whose content is wrong: corrupt, truncated, inconsistent."""
+
+
+# The first USERBLOCK_SIZE bytes of a version-2 file (an HDF5 user block, which HDF5 skips) hold
+# SEAL_MAGIC and a JSON record of the file's size and CRC-32s: one per dataset's raw bytes (and
+# per identity attribute's text where it is stored contiguously) and one of everything else
+# (HDF5's own structure). They are checked on the raw bytes *before* HDF5 parses the file:
+# libhdf5 can loop forever or crash on some corrupted structures, so damage never reaches it.
+USERBLOCK_SIZE = 8192
+SEAL_MAGIC = b"supergf_ros.map sealed crc32\n"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
 
 # Extractor/aggregator options that choose *how* a network runs, not *what* it computes: they
 # are left out of a map's identity, so a map built with one backend localizes with any other.
@@ -113,42 +144,85 @@ class MapData:
         return self.scores[self._slice(i)]
 
     def validate(self) -> MapData:
-        """Check internal consistency; raise ValueError naming the first problem."""
+        """Check internal consistency; raise MapFormatError saying what was expected and found."""
+        err = MapFormatError
         k = len(self.keyframe_names)
         if k == 0:
-            raise ValueError("map has no keyframes")
+            raise err("map has no keyframes")
         if len(set(self.keyframe_names)) != k:
-            raise ValueError("map has duplicate keyframe names")
+            dup = next(n for n in self.keyframe_names if self.keyframe_names.count(n) > 1)
+            raise err(f"map has duplicate keyframe names (e.g. {ascii(dup)[:80]})")
         if len(self.cameras) != k or len(self.cam_from_world) != k:
-            raise ValueError("map: number of cameras/poses differs from number of keyframes")
-        off = self.keypoint_offsets
-        if off.shape != (k + 1,) or off[0] != 0 or np.any(np.diff(off) < 0):
-            raise ValueError(f"map: bad keypoint_offsets (shape {off.shape}, need ({k + 1},))")
-        m = int(off[-1])
+            raise err(
+                f"map: {k} keyframes need {k} cameras and {k} poses; found "
+                f"{len(self.cameras)} cameras and {len(self.cam_from_world)} poses"
+            )
+        off = np.asarray(self.keypoint_offsets)
+        m = int(self.keypoints.shape[0]) if self.keypoints.ndim >= 1 else -1
+        if off.ndim != 1 or off.shape[0] != k + 1:
+            raise err(
+                f"map: keypoint_offsets must have {k + 1} entries ({k} keyframes + 1); "
+                f"found shape {off.shape}"
+            )
+        if off.dtype.kind not in "iu":
+            raise err(f"map: keypoint_offsets must be integers; found dtype {off.dtype}")
+        if off[0] != 0:
+            raise err(f"map: keypoint_offsets must start at 0; found {int(off[0])}")
+        drops = np.flatnonzero(np.diff(off) < 0)
+        if drops.size:
+            i = int(drops[0])
+            raise err(
+                f"map: keypoint_offsets must be non-decreasing from 0 to {m}; found "
+                f"{int(off[i])} then {int(off[i + 1])} at index {i}"
+            )
+        if int(off[-1]) != m:
+            raise err(
+                f"map: keypoint_offsets must end at the number of keypoints ({m}); "
+                f"found {int(off[-1])}"
+            )
         if self.keypoints.shape != (m, 2):
-            raise ValueError(f"map: keypoints shape {self.keypoints.shape}, expected ({m}, 2)")
-        if self.scores.shape != (m,) or self.point3D_ids.shape != (m,):
-            raise ValueError("map: scores/point3D_ids do not match the number of keypoints")
+            raise err(f"map: keypoints must have shape ({m}, 2); found {self.keypoints.shape}")
+        for name in ("scores", "point3D_ids"):
+            shape = getattr(self, name).shape
+            if shape != (m,):
+                raise err(f"map: {name} must have shape ({m},) like the keypoints; found {shape}")
         if self.descriptors.ndim != 2 or self.descriptors.shape[0] != m:
-            raise ValueError(f"map: descriptors shape {self.descriptors.shape}, expected ({m}, D)")
-        p = self.points3D.shape[0]
-        if self.points3D.shape != (p, 3) or self.track_lengths.shape != (p,):
-            raise ValueError("map: points3D/track_length shapes disagree")
-        if self.point_errors.shape != (p,):
-            raise ValueError("map: points3D/error shape disagrees with points3D/xyz")
-        if m and (self.point3D_ids.max(initial=-1) >= p or self.point3D_ids.min(initial=-1) < -1):
-            raise ValueError("map: point3D_ids out of range (corrupt map)")
+            raise err(f"map: descriptors must have shape ({m}, D); found {self.descriptors.shape}")
+        p = self.points3D.shape[0] if self.points3D.ndim >= 1 else -1
+        if self.points3D.shape != (p, 3):
+            raise err(f"map: points3D must have shape (P, 3); found {self.points3D.shape}")
+        for name, label in (("track_lengths", "track_length"), ("point_errors", "error")):
+            shape = getattr(self, name).shape
+            if shape != (p,):
+                raise err(
+                    f"map: points3D/{label} must have shape ({p},) like points3D/xyz; found {shape}"
+                )
+        if m:
+            lo, hi = int(self.point3D_ids.min()), int(self.point3D_ids.max())
+            if lo < -1 or hi >= p:
+                bad = lo if lo < -1 else hi
+                raise err(
+                    f"map: point3D_ids out of range: must be -1 or 0..{p - 1} (a 3D point index); "
+                    f"found {bad}"
+                )
         g = self.global_descriptors
         if g.ndim != 2 or g.shape[0] != k:
-            raise ValueError(f"map: global_descriptors shape {g.shape}, expected ({k}, G)")
+            raise err(f"map: global_descriptors must have shape ({k}, G); found {g.shape}")
         for name in ("keypoints", "descriptors", "points3D", "global_descriptors"):
-            if not np.isfinite(getattr(self, name)).all():
-                raise ValueError(f"map: {name} contain NaN or infinite values (corrupt map)")
-        for key in ("name", "config", "weights_sha256"):
-            if key not in self.extractor:
-                raise ValueError(f"map: extractor identity lacks '{key}'")
-            if key not in self.aggregator:
-                raise ValueError(f"map: aggregator identity lacks '{key}'")
+            values = getattr(self, name)
+            if not np.isfinite(values).all():
+                bad = int(np.count_nonzero(~np.isfinite(values)))
+                raise err(
+                    f"map: {name} must be finite; found {bad} NaN or infinite values (corrupt map)"
+                )
+        for role, ident in (("extractor", self.extractor), ("aggregator", self.aggregator)):
+            if not isinstance(ident, dict):
+                raise err(
+                    f"map: the {role} identity must be a JSON object; found {ascii(ident)[:80]}"
+                )
+            for key in ("name", "config", "weights_sha256"):
+                if key not in ident:
+                    raise err(f"map: {role} identity lacks '{key}'; found keys {sorted(ident)}")
         return self
 
 
@@ -161,118 +235,487 @@ def write_map(path: str | Path, data: MapData, descriptor_dtype: str = "float16"
         raise ValueError(f"descriptor_dtype must be 'float16' or 'float32', got {descriptor_dtype}")
     path = Path(path)
     str_dt = h5py.string_dtype("utf-8")
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["format"] = FORMAT_NAME
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        f.attrs["description"] = (
-            "supergf_ros localization map: keyframes with poses (cam_from_world, COLMAP "
-            "convention, quaternion w-first), local features, 3D points, global descriptors"
-        )
-        f.attrs["extractor"] = json.dumps(data.extractor, sort_keys=True)
-        f.attrs["aggregator"] = json.dumps(data.aggregator, sort_keys=True)
-        f.attrs["build_conf"] = json.dumps(data.build_conf, sort_keys=True, default=str)
-        f.attrs["summary"] = json.dumps(data.summary, sort_keys=True, default=str)
-        kf = f.create_group("keyframes")
-        kf.create_dataset("names", data=np.array(data.keyframe_names, dtype=object), dtype=str_dt)
-        kf.create_dataset(
-            "cameras",
-            data=np.array([json.dumps(c.to_dict()) for c in data.cameras], dtype=object),
-            dtype=str_dt,
-        )
-        poses = np.array([np.concatenate([p.qvec, p.tvec]) for p in data.cam_from_world])
-        kf.create_dataset("cam_from_world", data=poses.astype(np.float64))
-        kf.create_dataset("global_descriptors", data=data.global_descriptors.astype(np.float32))
-        kf.create_dataset("keypoint_offsets", data=data.keypoint_offsets.astype(np.int64))
-        ft = f.create_group("features")
-        ft.create_dataset("keypoints", data=data.keypoints.astype(np.float32))
-        ft.create_dataset("scores", data=data.scores.astype(np.float32))
-        ft.create_dataset("descriptors", data=data.descriptors.astype(descriptor_dtype))
-        ft.create_dataset("point3D_ids", data=data.point3D_ids.astype(np.int64))
-        pt = f.create_group("points3D")
-        pt.create_dataset("xyz", data=data.points3D.astype(np.float64).reshape(-1, 3))
-        pt.create_dataset("track_length", data=data.track_lengths.astype(np.int32))
-        pt.create_dataset("error", data=data.point_errors.astype(np.float32))
-        st = f.create_group("aggregator_state")
-        for key, value in data.aggregator_state.items():
-            st.create_dataset(key, data=np.asarray(value))
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w", userblock_size=USERBLOCK_SIZE) as f:
+            f.attrs["format"] = FORMAT_NAME
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            f.attrs["description"] = (
+                "supergf_ros localization map: keyframes with poses (cam_from_world, COLMAP "
+                "convention, quaternion w-first), local features, 3D points, global descriptors"
+            )
+            f.attrs["extractor"] = json.dumps(data.extractor, sort_keys=True)
+            f.attrs["aggregator"] = json.dumps(data.aggregator, sort_keys=True)
+            f.attrs["build_conf"] = json.dumps(data.build_conf, sort_keys=True, default=str)
+            f.attrs["summary"] = json.dumps(data.summary, sort_keys=True, default=str)
+            kf = f.create_group("keyframes")
+            kf.create_dataset(
+                "names", data=np.array(data.keyframe_names, dtype=object), dtype=str_dt
+            )
+            kf.create_dataset(
+                "cameras",
+                data=np.array([json.dumps(c.to_dict()) for c in data.cameras], dtype=object),
+                dtype=str_dt,
+            )
+            poses = np.array([np.concatenate([p.qvec, p.tvec]) for p in data.cam_from_world])
+            kf.create_dataset("cam_from_world", data=poses.astype(np.float64))
+            kf.create_dataset("global_descriptors", data=data.global_descriptors.astype(np.float32))
+            kf.create_dataset("keypoint_offsets", data=data.keypoint_offsets.astype(np.int64))
+            ft = f.create_group("features")
+            ft.create_dataset("keypoints", data=data.keypoints.astype(np.float32))
+            ft.create_dataset("scores", data=data.scores.astype(np.float32))
+            ft.create_dataset("descriptors", data=data.descriptors.astype(descriptor_dtype))
+            ft.create_dataset("point3D_ids", data=data.point3D_ids.astype(np.int64))
+            pt = f.create_group("points3D")
+            pt.create_dataset("xyz", data=data.points3D.astype(np.float64).reshape(-1, 3))
+            pt.create_dataset("track_length", data=data.track_lengths.astype(np.int32))
+            pt.create_dataset("error", data=data.point_errors.astype(np.float32))
+            st = f.create_group("aggregator_state")
+            for key, value in data.aggregator_state.items():
+                st.create_dataset(key, data=np.asarray(value))
+            _write_checksums(f)
+        _seal(tmp)
     return path.stat().st_size
 
 
-def _attr_json(f, key: str, path: Path) -> Any:
-    if key not in f.attrs:
-        raise ValueError(f"map {path} lacks the '{key}' attribute (corrupt or incomplete map)")
+def _write_checksums(f) -> None:
+    import h5py
+
+    datasets: dict[str, int] = {}
+
+    def visit(name: str, obj) -> None:
+        if isinstance(obj, h5py.Dataset):
+            datasets[name] = _dataset_crc(obj[()])
+
+    f.visititems(visit)
+    f.attrs["checksums"] = json.dumps(
+        {
+            "algorithm": "crc32",
+            "datasets": datasets,
+            "attributes": {k: _text_crc(f.attrs[k]) for k in CHECKSUM_ATTRIBUTES},
+        },
+        sort_keys=True,
+    )
+
+
+def _seal(path: Path) -> None:
+    """Write the user-block record (see USERBLOCK_SIZE) of a just-written map file."""
+    import h5py
+
+    ranges: list[tuple[str, int, int]] = []
+    with h5py.File(path, "r") as f:
+        if f.userblock_size != USERBLOCK_SIZE:
+            raise MapFormatError(f"{path} has no {USERBLOCK_SIZE} B user block to seal")
+        attrs = {k: f.attrs[k] for k in CHECKSUM_ATTRIBUTES}
+
+        def visit(name: str, obj) -> None:
+            if isinstance(obj, h5py.Dataset):
+                offset, size = obj.id.get_offset(), obj.id.get_storage_size()
+                if offset is not None and size:
+                    ranges.append((name, int(offset), int(size)))
+
+        f.visititems(visit)
+    raw = path.read_bytes()
+    taken = sorted((o, o + n) for _, o, n in ranges)
+    for key, text in attrs.items():  # vlen strings sit whole in the global heap
+        b = text.encode("utf-8")
+        at = raw.find(b, USERBLOCK_SIZE)
+        unique = b and at >= 0 and raw.find(b, at + 1) < 0
+        if unique and not any(lo < at + len(b) and at < hi for lo, hi in taken):
+            ranges.append((f"@{key}", at, len(b)))
+    regions, rest = _region_crcs(raw, ranges)
+    record = json.dumps(
+        {"size": len(raw), "regions": regions, "rest_crc32": rest}, separators=(",", ":")
+    ).encode()
+    header = SEAL_MAGIC + record + b"\n"
+    if len(header) > USERBLOCK_SIZE:  # too many datasets to list: the whole file, unnamed
+        regions, rest = _region_crcs(raw, [])
+        record = json.dumps({"size": len(raw), "regions": [], "rest_crc32": rest}).encode()
+        header = SEAL_MAGIC + record + b"\n"
+    with open(path, "r+b") as fh:
+        fh.write(header.ljust(USERBLOCK_SIZE, b"\0"))
+
+
+def _region_crcs(raw: bytes, ranges: list[tuple[str, int, int]]) -> tuple[list, int]:
+    """([name, offset, size, crc] per range, crc of all bytes after the user block that lie in
+    no range). Ranges must not overlap."""
+    view = memoryview(raw)
+    regions, rest, pos = [], 0, USERBLOCK_SIZE
+    for name, offset, size in sorted(ranges, key=lambda r: r[1]):
+        rest = zlib.crc32(view[pos:offset], rest)
+        regions.append([name, offset, size, zlib.crc32(view[offset : offset + size])])
+        pos = offset + size
+    return regions, zlib.crc32(view[pos:], rest)
+
+
+def _check_seal(raw: bytes, path: Path) -> None:
+    """Verify a sealed file's bytes (see USERBLOCK_SIZE); MapFormatError naming what is corrupt."""
+    end = raw.find(b"\n", len(SEAL_MAGIC), USERBLOCK_SIZE)
     try:
-        return json.loads(f.attrs[key])
-    except (TypeError, json.JSONDecodeError) as err:
-        raise ValueError(f"map {path}: attribute '{key}' is not valid JSON: {err}") from err
+        record = json.loads(raw[len(SEAL_MAGIC) : end]) if end > 0 else None
+        size, rest = record["size"], record["rest_crc32"]
+        regions = [(str(n), int(o), int(z), int(c)) for n, o, z, c in record["regions"]]
+        if not isinstance(size, int) or not isinstance(rest, int):
+            raise TypeError("size and rest_crc32 must be integers")
+    except (ValueError, TypeError, KeyError, RecursionError) as err:
+        raise MapFormatError(
+            f"map {path}: its integrity header (the first {USERBLOCK_SIZE} B) is corrupt: {err}"
+        ) from None
+    if len(raw) != size:
+        raise MapFormatError(
+            f"map {path} is {'truncated' if len(raw) < size else 'longer than written'}: "
+            f"{len(raw)} B, written as {size} B"
+        )
+    pos = USERBLOCK_SIZE
+    for _name, offset, n, _ in regions:
+        if offset < pos or n <= 0 or offset + n > size:
+            raise MapFormatError(f"map {path}: its integrity header is corrupt (bad region)")
+        pos = offset + n
+    got, got_rest = _region_crcs(raw, [(n, o, z) for n, o, z, _ in regions])
+    for (name, *_, crc), (_, _, _, actual) in zip(regions, got, strict=True):
+        if crc != actual:
+            what = f"attribute '{name[1:]}'" if name.startswith("@") else f"dataset '{name}'"
+            raise MapFormatError(
+                f"map {path}: {what} fails its checksum (stored crc32 {crc:#010x}, computed "
+                f"{actual:#010x}): the file is corrupt"
+            )
+    if got_rest != rest:
+        raise MapFormatError(
+            f"map {path}: the HDF5 structure (the bytes outside the datasets) fails its checksum: "
+            "the file is corrupt"
+        )
+
+
+def update_checksums(path: str | Path) -> None:
+    """Recompute the checksums (attributes and user-block seal) of a map edited in place.
+
+    For tools and tests that change a map on purpose; a map damaged by accident should be
+    rebuilt instead, which this does not check.
+    """
+    import h5py
+
+    path = Path(path)
+    with h5py.File(path, "a") as f:
+        if f.userblock_size != USERBLOCK_SIZE:
+            raise MapFormatError(f"{path} has no {USERBLOCK_SIZE} B user block (not a v2 map)")
+        _write_checksums(f)
+    _seal(path)
+
+
+def _text_crc(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def _dataset_crc(value: np.ndarray) -> int:
+    """CRC-32 of an array as read back from HDF5: dtype, shape and little-endian bytes
+    (variable-length strings: each one's UTF-8 length-prefixed), so that a changed type or
+    shape is caught as well as changed values."""
+    arr = np.asarray(value)
+    if arr.dtype.kind == "O" or arr.dtype.kind in "SU":
+        crc = zlib.crc32(f"str{arr.shape}".encode())
+        for item in arr.reshape(-1):
+            b = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            crc = zlib.crc32(len(b).to_bytes(8, "little"), crc)
+            crc = zlib.crc32(b, crc)
+        return crc
+    le = arr.dtype.newbyteorder("<")
+    crc = zlib.crc32(f"{le.str}{arr.shape}".encode())
+    flat = np.ascontiguousarray(arr, dtype=le).reshape(-1)
+    return zlib.crc32(memoryview(flat).cast("B") if flat.size else b"", crc)
+
+
+def _attr_text(f, key: str, path: Path) -> str:
+    if key not in f.attrs:
+        raise MapFormatError(f"map {path} lacks the '{key}' attribute (corrupt or incomplete map)")
+    value = f.attrs[key]
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise MapFormatError(
+                f"map {path}: attribute '{key}' is not UTF-8 text: {err}"
+            ) from None
+    if not isinstance(value, str):
+        raise MapFormatError(
+            f"map {path}: attribute '{key}' must be a text string; found {type(value).__name__}"
+        )
+    if len(value) > MAX_ATTRIBUTE_CHARS:
+        raise MapFormatError(
+            f"map {path}: attribute '{key}' has {len(value)} characters "
+            f"(at most {MAX_ATTRIBUTE_CHARS} expected)"
+        )
+    return value
+
+
+def _attr_json(f, key: str, path: Path, kind: type = dict) -> Any:
+    text = _attr_text(f, key, path)
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise MapFormatError(f"map {path}: attribute '{key}' is not valid JSON: {err}") from None
+    if not isinstance(value, kind):
+        raise MapFormatError(
+            f"map {path}: attribute '{key}' must be a JSON {kind.__name__}; "
+            f"found {type(value).__name__}"
+        )
+    return value
+
+
+def _read_checksums(f, path: Path) -> dict[str, dict[str, int]]:
+    sums = _attr_json(f, "checksums", path)
+    if sums.get("algorithm") != "crc32":
+        raise MapFormatError(
+            f"map {path}: unknown checksum algorithm {_plain(sums.get('algorithm'))} (expected crc32)"
+        )
+    out = {}
+    for part in ("datasets", "attributes"):
+        table = sums.get(part)
+        if not isinstance(table, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in table.values()
+        ):
+            raise MapFormatError(f"map {path}: the checksums attribute has no valid '{part}' table")
+        out[part] = table
+    return out
+
+
+def _read_dataset(f, name: str, path: Path, file_size: int, sums: dict | None) -> np.ndarray:
+    """A dataset's value after checking its storage against the file and its checksum."""
+    import h5py
+
+    obj = f.get(name)
+    if not isinstance(obj, h5py.Dataset):
+        raise MapFormatError(f"map {path}: '{name}' is not a dataset (corrupt map)")
+    shape, dtype = obj.shape, obj.dtype
+    if shape is None:
+        raise MapFormatError(f"map {path}: dataset '{name}' has no shape (corrupt map)")
+    count = int(np.prod(shape, dtype=object))
+    if dtype.kind == "O" or h5py.check_string_dtype(dtype) is not None:
+        item = 16  # a variable-length string reference in the file
+    else:
+        item = dtype.itemsize
+    nbytes = count * item
+    if obj.compression is None and obj.chunks is None and dtype.kind != "O":
+        stored = obj.id.get_storage_size()
+        if nbytes and stored != nbytes:
+            raise MapFormatError(
+                f"map {path}: dataset '{name}' needs {nbytes} B for shape {shape} {dtype} but "
+                f"the file stores {stored} B (corrupt or truncated)"
+            )
+    if nbytes > 64 * max(file_size, 1):
+        raise MapFormatError(
+            f"map {path}: dataset '{name}' claims shape {shape} ({nbytes} B), far more than the "
+            f"{file_size} B file holds (corrupt map)"
+        )
+    value = obj[()]
+    if sums is not None:
+        if name not in sums["datasets"]:
+            raise MapFormatError(f"map {path}: dataset '{name}' has no checksum (corrupt map)")
+        crc = _dataset_crc(value)
+        if crc != sums["datasets"][name]:
+            raise MapFormatError(
+                f"map {path}: dataset '{name}' fails its checksum (stored crc32 "
+                f"{sums['datasets'][name]:#010x}, computed {crc:#010x}): the file is corrupt"
+            )
+    return np.asarray(value)
+
+
+def _strings(value: np.ndarray, name: str, path: Path) -> list[str]:
+    if value.ndim != 1:
+        raise MapFormatError(
+            f"map {path}: {name} must be a 1-D list of strings; found {value.shape}"
+        )
+    out = []
+    for item in value.tolist():
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise MapFormatError(
+                    f"map {path}: {name} holds text that is not UTF-8: {err}"
+                ) from None
+        if not isinstance(item, str):
+            raise MapFormatError(
+                f"map {path}: {name} must hold strings; found {type(item).__name__}"
+            )
+        out.append(item)
+    return out
+
+
+def _numeric(value: np.ndarray, name: str, path: Path, kinds: str, dtype) -> np.ndarray:
+    if value.dtype.kind not in kinds:
+        raise MapFormatError(
+            f"map {path}: {name} must be numeric ({np.dtype(dtype).name}); found dtype {value.dtype}"
+        )
+    return np.ascontiguousarray(value, dtype=dtype)
 
 
 def read_map(path: str | Path) -> MapData:
-    """Load a map file; raise FileNotFoundError if missing, ValueError if corrupt/incompatible."""
+    """Load a map file, verifying its checksums (version 2) and structure.
+
+    Raises:
+        FileNotFoundError: no such file.
+        MapFormatError (a ValueError): not a map, an unreadable version, or corrupt, truncated
+            or inconsistent content; the message names the file and what is wrong (for a
+            checksum failure, the corrupt dataset or attribute).
+    """
     import h5py
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"map file not found: {path}")
+    file_size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(len(SEAL_MAGIC))
+    sealed = head == SEAL_MAGIC
+    if sealed:
+        _check_seal(path.read_bytes(), path)
+    elif not head.startswith(HDF5_SIGNATURE):
+        raise MapFormatError(
+            f"{path} is not a readable map file (corrupt, truncated or not HDF5): it starts with "
+            "neither the supergf_ros map header nor the HDF5 signature"
+        )
     try:
         f = h5py.File(path, "r")
-    except OSError as err:
-        raise ValueError(
+    except Exception as err:  # OSError for most damage; h5py raises others for some
+        raise MapFormatError(
             f"{path} is not a readable map file (corrupt, truncated or not HDF5): {err}"
         ) from err
     try:
         with f:
-            fmt = f.attrs.get("format")
-            if fmt != FORMAT_NAME:
-                raise ValueError(f"{path} is not a supergf_ros map (format attribute: {fmt!r})")
-            version = int(f.attrs.get("format_version", -1))
-            if version != FORMAT_VERSION:
-                raise ValueError(
-                    f"map {path} has format version {version}; this supergf_ros reads version "
-                    f"{FORMAT_VERSION}. Rebuild the map with `supergf-ros build-map`."
+            data = _read_open_map(f, path, file_size, sealed)
+    except (MapFormatError, NameError, ImportError):
+        raise  # (the latter two: bugs or a broken install, not a damaged file)
+    except (Exception, RecursionError) as err:  # h5py/HDF5 errors on damaged files
+        raise MapFormatError(
+            f"map {path} is corrupt or truncated: {type(err).__name__}: {err}"
+        ) from err
+    try:
+        return data.validate()
+    except MapFormatError as err:
+        raise MapFormatError(f"map {path}: {str(err).removeprefix('map: ')}") from None
+
+
+def _plain(value: Any, limit: int = 40) -> str:
+    """A file value for an error message: numpy scalars as Python values, printable, bounded."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return ascii(value)[:limit]
+
+
+def _read_open_map(f, path: Path, file_size: int, sealed: bool = False) -> MapData:
+    import h5py
+
+    fmt = f.attrs.get("format")
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode("utf-8", "replace")
+    if fmt != FORMAT_NAME:
+        raise MapFormatError(
+            f"{path} is not a supergf_ros map (format attribute: {_plain(fmt, 80)})"
+        )
+    raw_version = f.attrs.get("format_version", -1)
+    try:
+        version = int(raw_version)
+    except (TypeError, ValueError):
+        version = -1
+    if version not in READABLE_VERSIONS:
+        raise MapFormatError(
+            f"map {path} has format version {_plain(raw_version)}; this supergf_ros reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}. Rebuild the map with `supergf-ros build-map`."
+        )
+    missing = [k for k in _REQUIRED if k not in f]
+    if missing:
+        raise MapFormatError(f"map {path} is incomplete; missing datasets: {missing}")
+    sums = None
+    if version >= 2 and not sealed:  # a sealed file's bytes are already verified
+        if "checksums" not in f.attrs:
+            raise MapFormatError(
+                f"map {path} (format version {version}) lacks its checksums attribute (corrupt map)"
+            )
+        sums = _read_checksums(f, path)
+    attrs = {}
+    for key in CHECKSUM_ATTRIBUTES:
+        text = _attr_text(f, key, path)
+        if sums is not None:
+            crc = _text_crc(text)
+            if crc != sums["attributes"].get(key):
+                raise MapFormatError(
+                    f"map {path}: attribute '{key}' fails its checksum: the file is corrupt"
                 )
-            missing = [k for k in _REQUIRED if k not in f]
-            if missing:
-                raise ValueError(f"map {path} is incomplete; missing datasets: {missing}")
-            names = [
-                n.decode() if isinstance(n, bytes) else str(n) for n in f["keyframes/names"][()]
-            ]
-            cams = [
-                Camera.from_dict(json.loads(c.decode() if isinstance(c, bytes) else c))
-                for c in f["keyframes/cameras"][()]
-            ]
-            poses_arr = f["keyframes/cam_from_world"][()]
-            if poses_arr.shape != (len(names), 7):
-                raise ValueError(f"map {path}: cam_from_world has shape {poses_arr.shape}")
-            poses = [Pose(p[:4], p[4:]) for p in poses_arr]
-            state = (
-                {k: v[()] for k, v in f["aggregator_state"].items()}
-                if "aggregator_state" in f
-                else {}
+        attrs[key] = _attr_json(f, key, path)
+
+    seen: set[str] = set()
+
+    def read(name: str) -> np.ndarray:
+        seen.add(name)
+        return _read_dataset(f, name, path, file_size, sums)
+
+    names = _strings(read("keyframes/names"), "keyframes/names", path)
+    cams = []
+    for i, text in enumerate(_strings(read("keyframes/cameras"), "keyframes/cameras", path)):
+        try:
+            cams.append(Camera.from_dict(json.loads(text)))
+        except (ValueError, KeyError, TypeError, RecursionError) as err:
+            raise MapFormatError(
+                f"map {path}: keyframes/cameras[{i}] is not a valid camera: {err}"
+            ) from None
+    poses_arr = _numeric(read("keyframes/cam_from_world"), "cam_from_world", path, "f", np.float64)
+    if poses_arr.shape != (len(names), 7):
+        raise MapFormatError(
+            f"map {path}: keyframes/cam_from_world must have shape ({len(names)}, 7); "
+            f"found {poses_arr.shape}"
+        )
+    poses = []
+    for i, p in enumerate(poses_arr):
+        try:
+            poses.append(Pose(p[:4], p[4:]))
+        except ValueError as err:
+            raise MapFormatError(f"map {path}: keyframes/cam_from_world[{i}]: {err}") from None
+    state = {}
+    if "aggregator_state" in f:
+        group = f["aggregator_state"]
+        if not isinstance(group, h5py.Group):
+            raise MapFormatError(f"map {path}: aggregator_state is not a group (corrupt map)")
+        keys = list(group.keys())
+        if sums is not None:
+            expected = sorted(
+                k.removeprefix("aggregator_state/")
+                for k in sums["datasets"]
+                if k.startswith("aggregator_state/")
             )
-            data = MapData(
-                keyframe_names=names,
-                cameras=cams,
-                cam_from_world=poses,
-                keypoint_offsets=f["keyframes/keypoint_offsets"][()].astype(np.int64),
-                keypoints=np.ascontiguousarray(f["features/keypoints"][()], dtype=np.float32),
-                scores=np.ascontiguousarray(f["features/scores"][()], dtype=np.float32),
-                descriptors=np.ascontiguousarray(f["features/descriptors"][()], dtype=np.float32),
-                point3D_ids=f["features/point3D_ids"][()].astype(np.int64),
-                points3D=np.ascontiguousarray(f["points3D/xyz"][()], dtype=np.float64),
-                track_lengths=f["points3D/track_length"][()].astype(np.int32),
-                point_errors=f["points3D/error"][()].astype(np.float32),
-                global_descriptors=np.ascontiguousarray(
-                    f["keyframes/global_descriptors"][()], dtype=np.float32
-                ),
-                extractor=_attr_json(f, "extractor", path),
-                aggregator=_attr_json(f, "aggregator", path),
-                aggregator_state=state,
-                build_conf=_attr_json(f, "build_conf", path),
-                summary=_attr_json(f, "summary", path),
-                format_version=version,
-            )
-    except (OSError, KeyError, RuntimeError, TypeError) as err:
-        raise ValueError(f"map {path} is corrupt or truncated: {err}") from err
-    return data.validate()
+            if sorted(keys) != expected:
+                raise MapFormatError(
+                    f"map {path}: aggregator_state holds {ascii(sorted(keys))[:200]}; its "
+                    f"checksums list {ascii(expected)[:200]} (corrupt map)"
+                )
+        state = {k: read(f"aggregator_state/{k}") for k in keys}
+    fl, it = "f", "iu"
+    data = MapData(
+        keyframe_names=names,
+        cameras=cams,
+        cam_from_world=poses,
+        keypoint_offsets=_numeric(
+            read("keyframes/keypoint_offsets"), "keypoint_offsets", path, it, np.int64
+        ),
+        keypoints=_numeric(read("features/keypoints"), "keypoints", path, fl, np.float32),
+        scores=_numeric(read("features/scores"), "scores", path, fl, np.float32),
+        descriptors=_numeric(read("features/descriptors"), "descriptors", path, fl, np.float32),
+        point3D_ids=_numeric(read("features/point3D_ids"), "point3D_ids", path, it, np.int64),
+        points3D=_numeric(read("points3D/xyz"), "points3D/xyz", path, fl, np.float64),
+        track_lengths=_numeric(read("points3D/track_length"), "track_length", path, it, np.int32),
+        point_errors=_numeric(read("points3D/error"), "points3D/error", path, fl, np.float32),
+        global_descriptors=_numeric(
+            read("keyframes/global_descriptors"), "global_descriptors", path, fl, np.float32
+        ),
+        extractor=attrs["extractor"],
+        aggregator=attrs["aggregator"],
+        aggregator_state=state,
+        build_conf=attrs["build_conf"],
+        summary=attrs["summary"],
+        format_version=version,
+    )
+    if sums is not None and seen != set(sums["datasets"]):
+        lost = sorted(set(sums["datasets"]) - seen)
+        raise MapFormatError(
+            f"map {path} lacks datasets its checksums list: {ascii(lost[:5])[:200]} (corrupt map)"
+        )
+    return data
