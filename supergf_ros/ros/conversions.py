@@ -294,6 +294,16 @@ def camera_info_to_camera(msg: Any) -> Camera:
             intrinsics or distortion (bounds in the module doc), non-finite values or an
             unsupported distortion model. Never another exception type.
     """
+    width, height, (fx, fy, cx, cy) = _camera_info_intrinsics(msg)
+    coeffs = _camera_info_distortion(msg)
+    # ROI and binning: intrinsics refer to the full-resolution sensor.
+    cx, cy, width, height = _apply_roi(msg, cx, cy, width, height)
+    fx, fy, cx, cy, width, height = _apply_binning(msg, fx, fy, cx, cy, width, height)
+    return _camera_from_coeffs(coeffs, fx, fy, cx, cy, width, height)
+
+
+def _camera_info_intrinsics(msg: Any) -> tuple[int, int, tuple[float, float, float, float]]:
+    """Image size and (fx, fy, cx, cy) of a CameraInfo, checked (ValueError otherwise)."""
     width, height = _int_field(msg, "width", "CameraInfo"), _int_field(msg, "height", "CameraInfo")
     K = _float_array(getattr(msg, "k", None), "k")
     if K.size != 9 or not np.isfinite(K).all():
@@ -316,6 +326,11 @@ def camera_info_to_camera(msg: Any) -> Camera:
             f"CameraInfo.k is not an intrinsics matrix (last row {K[6:].tolist()}, need [0, 0, 1])"
         )
     check_intrinsics(fx, fy, cx, cy, width, height)
+    return width, height, (fx, fy, cx, cy)
+
+
+def _camera_info_distortion(msg: Any) -> np.ndarray:
+    """The 8 coefficients (k1 k2 p1 p2 k3 k4 k5 k6) of a CameraInfo's distortion, checked."""
     D = _float_array(getattr(msg, "d", None), "d")
     raw_model = getattr(msg, "distortion_model", "") or ""
     model = raw_model if isinstance(raw_model, str) else ""
@@ -334,7 +349,13 @@ def camera_info_to_camera(msg: Any) -> Camera:
     coeffs = np.zeros(8)
     coeffs[: min(8, D.size)] = D[:8]
     _check_distortion(coeffs, model or "(no model)")
-    # ROI and binning: intrinsics refer to the full-resolution sensor.
+    return coeffs
+
+
+def _apply_roi(
+    msg: Any, cx: float, cy: float, width: int, height: int
+) -> tuple[float, float, int, int]:
+    """(cx, cy, width, height) for the CameraInfo's ROI, if it sets one."""
     roi = getattr(msg, "roi", None)
     if roi is not None:
         rx, ry, rw, rh = (_int_field(roi, k, "CameraInfo.roi") for k in (
@@ -348,6 +369,13 @@ def camera_info_to_camera(msg: Any) -> Camera:
             cx -= float(rx)
             cy -= float(ry)
             width, height = rw, rh
+    return cx, cy, width, height
+
+
+def _apply_binning(
+    msg: Any, fx: float, fy: float, cx: float, cy: float, width: int, height: int
+) -> tuple[float, float, float, float, int, int]:
+    """(fx, fy, cx, cy, width, height) for the CameraInfo's binning (none: unchanged)."""
     bx = _int_field(msg, "binning_x", "CameraInfo") if getattr(msg, "binning_x", 0) else 0
     by = _int_field(msg, "binning_y", "CameraInfo") if getattr(msg, "binning_y", 0) else 0
     bx, by = max(1, bx), max(1, by)
@@ -358,8 +386,13 @@ def camera_info_to_camera(msg: Any) -> Camera:
         )
     fx, cx = fx / bx, (cx + 0.5) / bx - 0.5
     fy, cy = fy / by, (cy + 0.5) / by - 0.5
-    width, height = width // bx, height // by
+    return fx, fy, cx, cy, width // bx, height // by
 
+
+def _camera_from_coeffs(
+    coeffs: np.ndarray, fx: float, fy: float, cx: float, cy: float, width: int, height: int
+) -> Camera:
+    """PINHOLE with no distortion, OPENCV with k3..k6 zero, else FULL_OPENCV."""
     if not np.any(coeffs):
         return Camera.pinhole(fx, fy, cx, cy, width, height)
     k1, k2, p1, p2, k3, k4, k5, k6 = coeffs
