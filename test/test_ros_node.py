@@ -66,8 +66,10 @@ class Harness:
         self.stamp += 1
         return self.stamp * 1_000_000
 
+    image_type = Image  # or CompressedImage, with its fields
+
     def image_msg(self, fields: dict, stamp_ns: int) -> Image:
-        msg = Image(**{k: v for k, v in fields.items() if k != "data"})
+        msg = self.image_type(**{k: v for k, v in fields.items() if k != "data"})
         msg.data = fields["data"]
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
         msg.header.frame_id = "camera"

@@ -479,3 +479,61 @@ def ros_to_pose(position: Any, orientation: Any) -> Pose:
 def stamp_to_ns(stamp: Any) -> int:
     """Nanoseconds from a `builtin_interfaces/Time`."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+COMPRESSED_FORMATS = ("jpeg", "png")
+_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+
+
+def compressed_to_numpy(msg: Any) -> np.ndarray:
+    """Decode a `sensor_msgs/CompressedImage` (JPEG or PNG) into HxW gray or HxWx3 RGB uint8.
+
+    `format` follows image_transport ("jpeg", "png", "bgr8; jpeg compressed bgr8", ...); the
+    payload's own signature decides. 16-bit PNG is scaled as `image_to_numpy` scales mono16.
+
+    Raises:
+        ValueError: an unknown format, or truncated or corrupt data (libjpeg would otherwise
+            return a half-decoded frame with only a warning).
+    """
+    import cv2
+
+    buf = _as_bytes(getattr(msg, "data", None))
+    fmt = getattr(msg, "format", "")
+    if buf.startswith(_JPEG_START):
+        kind, complete = "JPEG", buf.rstrip(b"\x00").endswith(_JPEG_END)
+    elif buf.startswith(_PNG_START):
+        kind, complete = "PNG", buf.endswith(_PNG_END)
+    else:
+        raise ValueError(
+            f"compressed image is neither JPEG nor PNG (format '{bounded_text(fmt, 64)}', "
+            f"{len(buf)} B starting {buf[:8].hex() or 'empty'})"
+        )
+    if not complete:
+        raise ValueError(f"compressed {kind} image is truncated ({len(buf)} B, no end marker)")
+    image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ValueError(f"compressed {kind} image is corrupt ({len(buf)} B do not decode)")
+    if image.dtype == np.uint16:
+        image = _scale_to_uint8(image if image.ndim == 2 else image[..., 0])
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 3:  # OpenCV decodes to BGR(A)
+        image = np.ascontiguousarray(image[..., 2::-1])
+    return image
+
+
+def numpy_to_compressed_fields(
+    image: np.ndarray, fmt: str = "jpeg", quality: int = 90
+) -> dict[str, Any]:
+    """The fields of a `sensor_msgs/CompressedImage` (format, data) for HxW or HxWx3 RGB uint8."""
+    import cv2
+
+    if fmt not in COMPRESSED_FORMATS:
+        raise ValueError(f"compressed format must be one of {COMPRESSED_FORMATS}, got {fmt!r}")
+    bgr = image[..., ::-1] if image.ndim == 3 else image
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt == "jpeg" else []
+    ok, data = cv2.imencode(".jpg" if fmt == "jpeg" else ".png", bgr, params)
+    if not ok:
+        raise ValueError(f"cannot encode a {image.shape} image as {fmt}")
+    return {"format": fmt, "data": data.tobytes()}

@@ -47,7 +47,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
@@ -58,6 +58,7 @@ from supergf_ros.ros.conversions import (
     camera_for_image,
     camera_info_to_camera,
     check_intrinsics,
+    compressed_to_numpy,
     image_to_numpy,
     pose_to_ros,
     stamp_to_ns,
@@ -284,8 +285,12 @@ class LocalizerNode(Node):
                 )
             )
 
+        self._compressed = self.params["image_transport"] == "compressed"
+        image_type, topic = Image, self.params["image_topic"]
+        if self._compressed:  # image_transport's naming: <base topic>/compressed
+            image_type, topic = CompressedImage, topic.rstrip("/") + "/compressed"
         self._image_sub = self.create_subscription(
-            Image, self.params["image_topic"], self._on_image, qos_profile_sensor_data
+            image_type, topic, self._on_image, qos_profile_sensor_data
         )
         self._info_sub = self.create_subscription(
             CameraInfo,
@@ -370,7 +375,7 @@ class LocalizerNode(Node):
     def _process(self, msg: Image, received: float, start: float) -> None:
         queue_ms = (start - received) * 1e3
         try:
-            image = image_to_numpy(msg)
+            image = compressed_to_numpy(msg) if self._compressed else image_to_numpy(msg)
             camera = self._camera_for(image)
         except ValueError as err:
             self._report_failure(msg, f"bad input: {err}", {}, queue_ms)
