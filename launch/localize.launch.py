@@ -8,13 +8,20 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, Shutdown
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 PACKAGE = "supergf_ros"
 EXECUTABLE = "localizer_node"
+
+
+def _end_launch(event, context):
+    """The localizer ends the launch; its failure (exit code 2: bad map, parameter) fails it."""
+    if event.returncode != 0:
+        raise RuntimeError(f"{event.process_name} exited with code {event.returncode}")
+    return [Shutdown(reason=f"{event.process_name} exited")]
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -44,6 +51,7 @@ def generate_launch_description() -> LaunchDescription:
         name="localizer",
         namespace=LaunchConfiguration("namespace"),
         output="screen",
+        on_exit=_end_launch,
         parameters=[
             LaunchConfiguration("params_file"),
             {
@@ -59,4 +67,4 @@ def generate_launch_description() -> LaunchDescription:
         arguments=["-d", rviz_config],
         condition=IfCondition(LaunchConfiguration("rviz")),
     )
-    return LaunchDescription([*args, localizer, rviz])
+    return LaunchDescription([*args, rviz, localizer])
