@@ -9,6 +9,7 @@ tools (`make venv` installs them from ../shared/vendor/ros2 when that folder is 
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -80,6 +81,14 @@ def stop_launch(proc: subprocess.Popen, timeout_s: float = STOP_S) -> tuple[int,
         proc.kill()
         code = proc.wait()
     return code, time.monotonic() - t0
+
+
+def node_executable(launch_log: str) -> Path:
+    """The localizer_node file the running node process of a launch log executes."""
+    pid = re.search(r"\[localizer_node-1\]: process started with pid \[(\d+)\]", launch_log)
+    assert pid, launch_log
+    cmdline = Path(f"/proc/{pid.group(1)}/cmdline").read_bytes().split(b"\0")
+    return Path(next(a.decode() for a in cmdline if a.endswith(b"/localizer_node")))
 
 
 class Launched:
@@ -184,11 +193,8 @@ def test_frames_on_the_remapped_topics_come_back_as_poses(launched):
     assert np.linalg.norm(est.center - gt.center) < 0.1
     st, gt = launched.send(1)
     assert st.success and launched.pose_for(stamp_to_ns(st.header.stamp)) is not None
-    # the process is the executable of the ament prefix, started by the launch file
-    pid = re.search(r"\[localizer_node-1\]: process started with pid \[(\d+)\]", launched.tail())
-    cmdline = Path(f"/proc/{pid.group(1)}/cmdline").read_bytes().split(b"\0")
-    exe = next(a.decode() for a in cmdline if a.endswith(b"localizer_node"))
-    assert Path(exe).parent == Path(sys.prefix) / "lib" / "supergf_ros", cmdline
+    # the process is the executable of the venv's ament prefix, started by the launch file
+    assert node_executable(launched.tail()) == Path(sys.prefix) / "lib/supergf_ros/localizer_node"
 
 
 def test_namespace_puts_topics_parameters_and_services_under_it(launched):
@@ -337,3 +343,86 @@ def test_rviz_without_rviz2_is_a_clear_error_not_a_hang(scene, tmp_path):
     code, text, took = _run_launch([f"map:={scene['map']}", "rviz:=true"], tmp_path, 60.0)
     assert code != 0 and "package 'rviz2' not found" in text, text
     assert took < 30.0 and "localizer_node-" not in text, text  # stopped before the node started
+
+
+def test_workspace_build_and_launch_as_a_user_does(scene, tmp_path):
+    """`colcon build` of the repository's two packages into a workspace, `source
+    install/setup.bash`, `ros2 launch` from there: poses come back, Ctrl-C stops it."""
+    repo, venv = Path(__file__).resolve().parents[1], Path(sys.prefix)
+    ws = tmp_path / "ws"
+    # a shell with the venv activated (this project's underlay, where a ROS installation's
+    # setup.bash would be) and nothing of this test process's ROS bootstrap
+    user_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("LD_LIBRARY_PATH", "_ROS_WHEELS_BOOTSTRAP_COMPLETE", "PYTHONPATH")
+        and not k.startswith(("AMENT_", "COLCON_", "CMAKE_"))
+    }
+    user_env |= {
+        "VIRTUAL_ENV": str(venv),
+        "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "AMENT_PREFIX_PATH": str(venv),
+    }
+    build = subprocess.run(
+        [
+            "colcon",
+            "--log-base",
+            str(ws / "log"),
+            "build",
+            "--base-paths",
+            str(repo),
+            str(repo / "supergf_ros_msgs"),
+            "--build-base",
+            str(ws / "build"),
+            "--install-base",
+            str(ws / "install"),
+        ],
+        env=user_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    assert "2 packages finished" in build.stdout, build.stdout
+    exe = ws / "install" / "supergf_ros" / "lib" / "supergf_ros" / "localizer_node"
+    launch_file = ws / "install" / "supergf_ros" / "share" / "supergf_ros" / "launch"
+    assert os.access(exe, os.X_OK) and (launch_file / "localize.launch.py").is_file()
+
+    args = [
+        f"map:={scene['map']}",
+        "image_topic:=/test/image",
+        "camera_info_topic:=/test/camera_info",
+        f"namespace:={NS}",
+    ]
+    # colcon's setup.bash fails under `set -u`: plain bash
+    script = (
+        f"source {ws / 'install' / 'setup.bash'} && ros2 pkg prefix supergf_ros && "
+        f"exec ros2 launch supergf_ros localize.launch.py {' '.join(args)}"
+    )
+    with IsolatedRos() as ros:
+        env = {**launch_env(ros, tmp_path), **user_env}
+        for k in ("LD_LIBRARY_PATH", "_ROS_WHEELS_BOOTSTRAP_COMPLETE", "AMENT_PREFIX_PATH"):
+            env.pop(k, None)  # setup.bash sets AMENT_PREFIX_PATH: workspace, then the venv
+        log = tmp_path / "launch.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                ["bash", "-c", script], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        h = Launched(ros, proc, log, env, scene)
+        try:
+            assert wait_until(lambda: h.ready() or proc.poll() is not None, 120.0), h.tail()
+            assert proc.poll() is None, f"ros2 launch ended at start-up:\n{h.tail()}"
+            st, gt = h.send(0)
+            assert st.success, st.failure_reason
+            pose = h.pose_for(stamp_to_ns(st.header.stamp))
+            est = ros_to_pose(pose.pose.position, pose.pose.orientation)
+            assert np.linalg.norm(est.center - gt.center) < 0.1
+            # the workspace overlays the venv: its package prefix and executable
+            assert log.read_text().splitlines()[0] == str(ws / "install" / "supergf_ros"), h.tail()
+            assert node_executable(h.tail()) == exe
+        finally:
+            code, took = stop_launch(proc)
+    text = log.read_text()
+    assert code == 0 and took < STOP_S, f"exit code {code} after {took:.1f} s:\n{text}"
+    assert "process has finished cleanly" in text, text
