@@ -332,6 +332,7 @@ def test_ctrl_c_stops_the_launch_and_the_node_cleanly(scene, tmp_path):
         finally:
             code, took = stop_launch(proc)
     text = log.read_text()
+    print(f"\nCtrl-C to the end of ros2 launch: {took:.1f} s")
     assert code == 0 and took < STOP_S, f"exit code {code} after {took:.1f} s:\n{text}"
     assert "process has finished cleanly" in text and "Traceback" not in text, text
 
