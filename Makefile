@@ -24,7 +24,7 @@ $(STAMP): requirements.txt setup.py
 
 # ROS 2 messages (supergf_ros_msgs, rosidl) built with colcon against the venv's ROS wheels.
 $(MSGS_STAMP): $(STAMP) scripts/build_msgs.sh supergf_ros_msgs/CMakeLists.txt \
-		supergf_ros_msgs/package.xml $(wildcard supergf_ros_msgs/msg/*.msg scripts/vendor/tf2_msgs/*)
+		supergf_ros_msgs/package.xml $(wildcard supergf_ros_msgs/msg/*.msg supergf_ros_msgs/srv/*.srv scripts/vendor/tf2_msgs/*)
 	scripts/build_msgs.sh $(VENV) $(ROS2_SOURCES)
 	touch $@
 

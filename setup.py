@@ -29,6 +29,7 @@ setup(
         "console_scripts": [
             "supergf-ros = supergf_ros.cli:main",
             "localizer_node = supergf_ros.ros.node:main",
+            "managed_localizer_node = supergf_ros.ros.node:main_managed",
         ],
     },
 )

@@ -1,7 +1,11 @@
 """Launch the supergf_ros localizer node with config/localize.yaml.
 
     ros2 launch supergf_ros localize.launch.py map:=/path/to/map.h5 \
-        image_topic:=/camera/image_raw namespace:=robot1 [params_file:=my.yaml] [rviz:=true]
+        image_topic:=/camera/image_raw namespace:=robot1 [params_file:=my.yaml] [rviz:=true] \
+        [lifecycle:=true [autostart:=false]]
+
+`lifecycle:=true` runs the managed (lifecycle) node, configured and activated here unless
+`autostart:=false` (then nav2's lifecycle manager or `ros2 lifecycle set` drives it).
 
 `ros2 launch supergf_ros localize.launch.py --show-args` lists the arguments. The launch ends with
 the node; a start-up failure of the node (exit code 2: no map, bad parameter) makes `ros2 launch`
@@ -12,13 +16,18 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, Shutdown
-from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler, Shutdown
+from launch.conditions import IfCondition, UnlessCondition
+from launch.events import matches_action
+from launch.substitutions import AndSubstitution, LaunchConfiguration
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from lifecycle_msgs.msg import Transition
 
 PACKAGE = "supergf_ros"
 EXECUTABLE = "localizer_node"
+MANAGED_EXECUTABLE = "managed_localizer_node"
 
 
 def _end_launch(event, context):
@@ -29,6 +38,8 @@ def _end_launch(event, context):
     """
     if event.returncode != 0:
         raise RuntimeError(f"{event.process_name} exited with code {event.returncode}")
+    if context.is_shutdown:  # Ctrl-C: already ending (a second Shutdown trips launch_ros)
+        return None
     return [Shutdown(reason=f"{event.process_name} exited")]
 
 
@@ -60,10 +71,17 @@ def generate_launch_description() -> LaunchDescription:
             description="node namespace: /NS/localizer, /NS/pose, /NS/status, ...",
         ),
         DeclareLaunchArgument("rviz", default_value="false", description="also start RViz 2"),
+        DeclareLaunchArgument(
+            "lifecycle", default_value="false", description="run the managed (lifecycle) node"
+        ),
+        DeclareLaunchArgument(
+            "autostart",
+            default_value="true",
+            description="with lifecycle:=true, configure and activate it at launch",
+        ),
     ]
-    localizer = Node(
+    node_args = dict(
         package=PACKAGE,
-        executable=EXECUTABLE,
         name="localizer",
         namespace=LaunchConfiguration("namespace"),
         output="screen",
@@ -77,10 +95,41 @@ def generate_launch_description() -> LaunchDescription:
             },
         ],
     )
+    localizer = Node(
+        executable=EXECUTABLE,
+        condition=UnlessCondition(LaunchConfiguration("lifecycle")),
+        **node_args,
+    )
+    managed = LifecycleNode(
+        executable=MANAGED_EXECUTABLE,
+        condition=IfCondition(LaunchConfiguration("lifecycle")),
+        **node_args,
+    )
     rviz = Node(
         package="rviz2",
         executable="rviz2",
         arguments=["-d", rviz_config],
         condition=IfCondition(LaunchConfiguration("rviz")),
     )
-    return LaunchDescription([*args, rviz, localizer])
+    return LaunchDescription([*args, rviz, localizer, managed, *_autostart(managed)])
+
+
+def _autostart(node: LifecycleNode) -> list:
+    """configure at launch, activate once inactive (with lifecycle:=true autostart:=true)."""
+    when = IfCondition(
+        AndSubstitution(LaunchConfiguration("lifecycle"), LaunchConfiguration("autostart"))
+    )
+
+    def change(transition: int, condition=None) -> EmitEvent:
+        event = ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition)
+        return EmitEvent(event=event, condition=condition)
+
+    activate = RegisterEventHandler(
+        OnStateTransition(
+            target_lifecycle_node=node,
+            goal_state="inactive",
+            entities=[change(Transition.TRANSITION_ACTIVATE)],
+        ),
+        condition=when,
+    )
+    return [activate, change(Transition.TRANSITION_CONFIGURE, when)]

@@ -420,10 +420,38 @@ def test_workspace_build_and_launch_as_a_user_does(scene, tmp_path):
             est = ros_to_pose(pose.pose.position, pose.pose.orientation)
             assert np.linalg.norm(est.center - gt.center) < 0.1
             # the workspace overlays the venv: its package prefix and executable
+            assert wait_until(lambda: "process started with pid" in log.read_text(), 10.0)
             assert log.read_text().splitlines()[0] == str(ws / "install" / "supergf_ros"), h.tail()
-            assert node_executable(h.tail()) == exe
+            assert node_executable(log.read_text()) == exe
         finally:
             code, took = stop_launch(proc)
     text = log.read_text()
     assert code == 0 and took < STOP_S, f"exit code {code} after {took:.1f} s:\n{text}"
     assert "process has finished cleanly" in text, text
+
+
+def test_lifecycle_launch_autostarts_the_managed_node(scene, tmp_path):
+    with IsolatedRos() as ros:
+        env = launch_env(ros, tmp_path)
+        log = tmp_path / "launch.log"
+        args = [
+            f"map:={scene['map']}",
+            "image_topic:=/test/image",
+            "camera_info_topic:=/test/camera_info",
+            f"namespace:={NS}",
+            "lifecycle:=true",
+        ]
+        proc = start_launch(args, env, log)
+        h = Launched(ros, proc, log, env, scene)
+        try:
+            assert wait_until(lambda: h.ready() or proc.poll() is not None, 120.0), h.tail()
+            assert proc.poll() is None, h.tail()
+            assert "managed_localizer_node" in log.read_text()
+            st, gt = h.send(0)
+            assert st.success, st.failure_reason
+            pose = h.pose_for(stamp_to_ns(st.header.stamp))
+            est = ros_to_pose(pose.pose.position, pose.pose.orientation)
+            assert np.linalg.norm(est.center - gt.center) < 0.1
+        finally:
+            code, took = stop_launch(proc)
+    assert code == 0 and took < STOP_S, log.read_text()

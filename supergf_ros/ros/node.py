@@ -38,7 +38,9 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (
@@ -77,8 +79,9 @@ from supergf_ros.tracking.tracker import Decision, Tracker, TrackerConfig
 
 try:
     from supergf_ros_msgs.msg import LocalizationStatus
+    from supergf_ros_msgs.srv import LoadMap
 except ImportError as _err:  # pragma: no cover - environment problem, reported at start-up
-    LocalizationStatus = None
+    LocalizationStatus = LoadMap = None
     _STATUS_IMPORT_ERROR = _err
 
 try:
@@ -122,11 +125,12 @@ def _ints_as_floats(params: list[Parameter]) -> list[Parameter]:
     return out
 
 
-class LocalizerNode(Node):
-    """The localizer node. Raises `StartupError` when it cannot start."""
+class _LocalizerCore:
+    """The node's behaviour, shared by the plain and the managed (lifecycle) node. Steps:
+    `_declare` (parameters), `_configure` (map + networks), `_activate` (topics, services, the
+    worker), `_deactivate`, `_cleanup`."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(NODE_NAME, **kwargs)
+    def _declare(self) -> None:
         if LocalizationStatus is None:
             raise StartupError(
                 f"the supergf_ros_msgs messages are not built ({_STATUS_IMPORT_ERROR}); "
@@ -135,13 +139,14 @@ class LocalizerNode(Node):
         self._lock = threading.Condition()
         self._pending: tuple[Image, float] | None = None
         self._stop = False
+        self._worker: threading.Thread | None = None
         self._camera: Camera | None = None
         self._camera_error = ""
         self._counts = {"received": 0, "processed": 0, "dropped": 0, "localized": 0}
         self._last_error = ""
         self._recent: deque[tuple[float, float, bool]] = deque(maxlen=200)  # (t, latency, ok)
         self._localizer = None
-
+        self._active: list[tuple[Any, Any]] = []  # (destroy function, entity) of _activate
         self.add_pre_set_parameters_callback(_ints_as_floats)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._on_parameters_set)
@@ -151,11 +156,21 @@ class LocalizerNode(Node):
         except Exception as err:  # rclpy's InvalidParameterValueException and friends
             raise StartupError(f"invalid parameter: {err}") from err
         self.params = {name: self.get_parameter(name).value for name in PARAMETERS}
+        self._load_group = ReentrantCallbackGroup()  # ~/load_map may block while frames flow
+        self.create_service(
+            LoadMap, "~/load_map", self._on_load_map, callback_group=self._load_group
+        )
 
-        self._load_localizer()
+    def _configure(self) -> None:
+        self._localizer = self._build_localizer(str(self.params["map_path"]).strip())
         self._tracker = Tracker(self._tracker_config())
+
+    def _activate(self) -> None:
+        before = self._entities()
         self._create_interfaces()
         self._create_robot_interfaces()
+        self._active = [e for e in self._entities() if id(e[1]) not in {id(x) for _, x in before}]
+        self._stop = False
         self._worker = threading.Thread(target=self._work, name="localizer-worker", daemon=True)
         self._worker.start()
         m = self._localizer.map
@@ -163,6 +178,24 @@ class LocalizerNode(Node):
             f"ready: map {self.params['map_path']} ({len(m.keyframe_names)} keyframes, "
             f"{len(m.points3D)} points), listening on {self._image_sub.topic_name}"
         )
+
+    def _entities(self) -> list[tuple[Any, Any]]:
+        return [
+            *((self.destroy_subscription, e) for e in self.subscriptions),
+            *((self.destroy_publisher, e) for e in self.publishers),
+            *((self.destroy_timer, e) for e in self.timers),
+            *((self.destroy_service, e) for e in self.services),
+        ]
+
+    def _deactivate(self) -> None:
+        """Stop processing: the worker ends, the topics, timers and services of `_activate` go."""
+        self.shutdown()
+        for destroy, entity in self._active:
+            destroy(entity)
+        self._active = []
+
+    def _cleanup(self) -> None:
+        self._localizer = None  # the map and the networks are freed with it
 
     # -- parameters ---------------------------------------------------------------------------
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
@@ -174,20 +207,22 @@ class LocalizerNode(Node):
         return SetParametersResult(successful=True)
 
     def _on_parameters_set(self, params: list[Parameter]) -> None:
-        if self._localizer is None:  # declarations at start-up: read once in __init__
+        if not hasattr(self, "params"):  # declarations at start-up: read once in _declare
             return
         changes = {p.name: p.value for p in params}
         with self._lock:
             self.params.update(changes)
         localizer_changes = localizer_conf(changes)
-        if localizer_changes:  # checked in _on_set_parameters: update() cannot refuse them
+        if (
+            localizer_changes and self._localizer is not None
+        ):  # checked in _on_set_parameters: update() cannot refuse them
             self._localizer.update(**localizer_changes)
         self.get_logger().info(
             "parameters changed: " + ", ".join(f"{p.name}={p.value}" for p in params)
         )
 
-    def _load_localizer(self) -> None:
-        map_path = str(self.params["map_path"]).strip()
+    def _build_localizer(self, map_path: str) -> Any:
+        """A Localizer for `map_path` with the current parameters, warmed up; StartupError."""
         if not map_path:
             raise StartupError(
                 "parameter map_path is not set; pass -p map_path:=/path/to/map.h5 "
@@ -203,25 +238,47 @@ class LocalizerNode(Node):
         except (FileNotFoundError, ValueError, KeyError, OSError) as err:
             raise StartupError(f"cannot load map {map_path}: {err}") from err
         try:
-            self._localizer = Localizer(map_data, localizer_conf(self.params))
+            localizer = Localizer(map_data, localizer_conf(self.params))
         except (FileNotFoundError, ValueError, KeyError, OSError) as err:
             raise StartupError(f"cannot set up localization with map {map_path}: {err}") from err
-        info = self._localizer.backend_info
+        info = localizer.backend_info
         self.get_logger().info(
             f"inference backend: {info['backend']} on {info['device']} "
             f"(requested backend={self.params['backend']}, device={self.params['device']}): "
             f"{info['reason']}"
         )
         if self.params["warmup"]:
-            self._warmup()
+            self._warmup(localizer)
+        return localizer
 
-    def _warmup(self) -> None:
-        cam = self._localizer.map.cameras[0]
+    def _on_load_map(self, request: Any, response: Any) -> Any:
+        """~/load_map: build the new localizer aside, then swap; a failure keeps the old map."""
+        path = str(request.map_path).strip()
+        try:
+            localizer = self._build_localizer(path)
+        except StartupError as err:
+            response.success, response.message = False, f"kept the current map: {err}"
+            self.get_logger().error(response.message)
+            return response
+        with self._lock:
+            self._localizer = localizer
+            self.params["map_path"] = path
+        self._tracker.reset()  # a pose in the old map means nothing in the new one
+        if self.params["publish_map_markers"] and getattr(self, "_marker_pub", None):
+            self._publish_markers()
+        m = localizer.map
+        response.success = True
+        response.message = f"loaded {path}: {len(m.keyframe_names)} keyframes"
+        self.get_logger().info(response.message)
+        return response
+
+    def _warmup(self, localizer: Any) -> None:
+        cam = localizer.map.cameras[0]
         rng = np.random.default_rng(0)
         image = rng.integers(0, 255, (cam.height, cam.width), dtype=np.uint8)
         t0 = time.perf_counter()
         try:
-            self._localizer.localize(image, cam)
+            localizer.localize(image, cam)
         except Exception as err:  # a warm-up failure must not hide behind a later frame
             raise StartupError(f"the localizer fails on a test frame: {err}") from err
         self.get_logger().info(f"warm-up frame took {(time.perf_counter() - t0) * 1e3:.0f} ms")
@@ -276,14 +333,7 @@ class LocalizerNode(Node):
         )
         self._marker_pub = self.create_publisher(MarkerArray, "map_markers", latched)
         if self.params["publish_map_markers"]:
-            self._marker_pub.publish(
-                map_markers(
-                    self._localizer.map,
-                    self.params["map_frame"],
-                    float(self.params["frustum_scale"]),
-                    int(self.params["marker_max_points"]),
-                )
-            )
+            self._publish_markers()
 
         self._compressed = self.params["image_transport"] == "compressed"
         image_type, topic = Image, self.params["image_topic"]
@@ -301,6 +351,15 @@ class LocalizerNode(Node):
         self._diag_timer = self.create_timer(
             float(self.params["diagnostics_period_s"]), self._publish_diagnostics
         )
+
+    def _publish_markers(self) -> None:
+        markers = map_markers(
+            self._localizer.map,
+            self.params["map_frame"],
+            float(self.params["frustum_scale"]),
+            int(self.params["marker_max_points"]),
+        )
+        self._marker_pub.publish(markers)
 
     def _on_image(self, msg: Image) -> None:
         with self._lock:
@@ -586,8 +645,54 @@ class LocalizerNode(Node):
         with self._lock:
             self._stop = True
             self._lock.notify_all()
-        if self._worker.is_alive():
+        if self._worker is not None and self._worker.is_alive():
             self._worker.join(timeout=30.0)
+
+
+class LocalizerNode(_LocalizerCore, Node):
+    """The localizer node, active from construction. Raises `StartupError` when it cannot start."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        Node.__init__(self, NODE_NAME, **kwargs)
+        self._declare()
+        self._configure()
+        self._activate()
+
+
+class ManagedLocalizerNode(_LocalizerCore, LifecycleNode):
+    """The localizer as a lifecycle node (nav2's lifecycle manager drives it): configure loads the
+    map and the networks, activate starts topics and the worker, deactivate stops processing,
+    cleanup frees the map."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        LifecycleNode.__init__(self, NODE_NAME, **kwargs)
+        self._declare()
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except StartupError as err:
+            self.get_logger().error(f"configure failed: {err}")
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._activate()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._cleanup()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._active:
+            self._deactivate()
+        self._cleanup()
+        return TransitionCallbackReturn.SUCCESS
 
 
 def _ns_to_stamp(ns: int) -> Any:
@@ -620,20 +725,25 @@ def _fill_tracking_status(st: Any, result: Any, extra: dict, mode: str) -> None:
     st.prior_age_s = float(extra.get("prior_age_s", float("nan")))
 
 
-def main(args: list[str] | None = None) -> int:
-    """Console script `localizer_node`: run until shut down; exit 2 when start-up fails."""
+def main(args: list[str] | None = None, managed: bool = False) -> int:
+    """Console script `localizer_node` (`managed_localizer_node`: the lifecycle node): run until
+    shut down; exit 2 when start-up fails."""
+    name = "managed_localizer_node" if managed else "localizer_node"
     try:
         rclpy.init(args=args)
     except Exception as err:  # e.g. a missing --params-file
-        print(f"localizer_node: error: cannot initialize ROS: {err}", file=sys.stderr)
+        print(f"{name}: error: cannot initialize ROS: {err}", file=sys.stderr)
         return 2
     try:
-        node = LocalizerNode()
+        node = ManagedLocalizerNode() if managed else LocalizerNode()
     except StartupError as err:
-        print(f"localizer_node: error: {err}", file=sys.stderr)
+        print(f"{name}: error: {err}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    executor = SingleThreadedExecutor()
+    except KeyboardInterrupt:  # Ctrl-C while the map and the networks load
+        rclpy.try_shutdown()
+        return 0
+    executor = MultiThreadedExecutor(num_threads=2)  # ~/load_map runs beside the rest
     executor.add_node(node)
     try:
         executor.spin()
@@ -645,6 +755,11 @@ def main(args: list[str] | None = None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def main_managed(args: list[str] | None = None) -> int:
+    """Console script `managed_localizer_node`."""
+    return main(args, managed=True)
 
 
 if __name__ == "__main__":
