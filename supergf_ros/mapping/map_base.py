@@ -16,9 +16,11 @@ import numpy as np
 from ..geometry import Camera, Pose
 
 FORMAT_NAME = "supergf_ros.map"
-FORMAT_VERSION = 2
-# Versions this code reads: 1 (no checksums) and 2 (checksums, verified at load).
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # what `write_map` writes by default (`mapping.map_store`)
+# Versions this code reads: 1 (no checksums), 2 (checksums, verified at load) and 3 (compact,
+# sealed, read lazily by `map_store.open_map`).
+READABLE_VERSIONS = (1, 2, 3)
+WRITABLE_VERSIONS = (2, 3)
 CHECKSUM_ATTRIBUTES = ("extractor", "aggregator", "build_conf", "summary")
 MAX_ATTRIBUTE_CHARS = 16 << 20  # a JSON attribute larger than this is not a map's
 
@@ -34,6 +36,7 @@ class MapFormatError(ValueError):
 # libhdf5 can loop forever or crash on some corrupted structures, so damage never reaches it.
 USERBLOCK_SIZE = 8192
 SEAL_MAGIC = b"supergf_ros.map sealed crc32\n"
+V3_MAGIC = b"supergf_ros.map v3 sealed crc32\n"  # version 3: `map_store`
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 

@@ -57,6 +57,8 @@ from .map_base import (  # noqa: F401 (re-exported)
     RUNTIME_OPTIONS,
     SEAL_MAGIC,
     USERBLOCK_SIZE,
+    V3_MAGIC,
+    WRITABLE_VERSIONS,
     MapFormatError,
     _attr_json,
     _attr_text,
@@ -237,11 +239,28 @@ class MapData:
                     raise err(f"map: {role} identity lacks '{key}'; found keys {sorted(ident)}")
 
 
-def write_map(path: str | Path, data: MapData, descriptor_dtype: str = "float16") -> int:
-    """Write `data` to `path` atomically; return the file size in bytes."""
+def write_map(
+    path: str | Path,
+    data: MapData,
+    descriptor_dtype: str = "float16",
+    format_version: int = FORMAT_VERSION,
+    store: dict | None = None,
+) -> int:
+    """Write `data` to `path` atomically; return the file size in bytes.
+
+    Version 3 (the default, `map_store`): compact, `store` its options
+    (`map_store.DEFAULT_STORE_CONF`); version 2: every keypoint and descriptor as in memory
+    (`descriptor_dtype`).
+    """
     import h5py
 
     data.validate()
+    if format_version not in WRITABLE_VERSIONS:
+        raise ValueError(f"format_version must be one of {WRITABLE_VERSIONS}, got {format_version}")
+    if format_version == 3:
+        from .map_store import write_v3
+
+        return write_v3(path, data, store)
     if descriptor_dtype not in ("float16", "float32"):
         raise ValueError(f"descriptor_dtype must be 'float16' or 'float32', got {descriptor_dtype}")
     path = Path(path)
@@ -249,7 +268,7 @@ def write_map(path: str | Path, data: MapData, descriptor_dtype: str = "float16"
     with atomic_output(path) as tmp:
         with h5py.File(tmp, "w", userblock_size=USERBLOCK_SIZE) as f:
             f.attrs["format"] = FORMAT_NAME
-            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["format_version"] = 2
             f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             f.attrs["description"] = (
                 "supergf_ros localization map: keyframes with poses (cam_from_world, COLMAP "
@@ -487,7 +506,10 @@ def read_map(path: str | Path) -> MapData:
         raise FileNotFoundError(f"map file not found: {path}")
     file_size = path.stat().st_size
     with open(path, "rb") as fh:
-        head = fh.read(len(SEAL_MAGIC))
+        head = fh.read(max(len(SEAL_MAGIC), len(V3_MAGIC)))
+    if head.startswith(V3_MAGIC):
+        return _read_v3(path)
+    head = head[: len(SEAL_MAGIC)]
     sealed = head == SEAL_MAGIC
     if sealed:
         _check_seal(path.read_bytes(), path)
@@ -619,3 +641,20 @@ def _read_arrays(read, path: Path) -> dict[str, np.ndarray]:
             read("keyframes/global_descriptors"), "global_descriptors", path, fl, np.float32
         ),
     }
+
+
+def _read_v3(path: Path) -> MapData:
+    from .map_store import read_v3
+
+    try:
+        data = MapData(**read_v3(path))
+    except (MapFormatError, NameError, ImportError):
+        raise
+    except (Exception, RecursionError) as err:  # h5py/HDF5 errors on damaged files
+        raise MapFormatError(
+            f"map {path} is corrupt or truncated: {type(err).__name__}: {err}"
+        ) from err
+    try:
+        return data.validate()
+    except MapFormatError as err:
+        raise MapFormatError(f"map {path}: {str(err).removeprefix('map: ')}") from None
