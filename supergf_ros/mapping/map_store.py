@@ -305,7 +305,7 @@ class MapWriter:
         self.rec_offsets.append(self.rec_offsets[-1] + len(record))
         self.rec_crcs.append(zlib.crc32(record))
         self.num_kp.append(len(point3D_ids))
-        self._globals.write(g.astype("<f2").tobytes())
+        self._globals.write(g.astype("<f4").tobytes())
         self.names.append(str(name))
         self.cameras.append(json.dumps(camera.to_dict()))
         self.poses.append(np.concatenate([cam_from_world.qvec, cam_from_world.tvec]))
@@ -351,7 +351,7 @@ class MapWriter:
 
     def _full_globals(self) -> np.ndarray:
         k, g = len(self.names), int(self.global_dim)
-        return np.memmap(self._tmp / "globals", dtype="<f2", mode="r", shape=(k, g))
+        return np.memmap(self._tmp / "globals", dtype="<f4", mode="r", shape=(k, g))
 
     def _retrieval(self) -> tuple[np.ndarray, np.ndarray | None, GlobalIndex]:
         from ..localization.retrieval import GlobalIndex, fit_projection, project
@@ -381,7 +381,10 @@ class MapWriter:
             kf.create_dataset("cam_from_world", data=np.array(self.poses, np.float64))
             kf.create_dataset("global_descriptors", data=reduced.astype(np.float32))
             if self.store["keep_full_global"]:
-                kf.create_dataset("full_global_descriptors", data=self._full_globals())
+                full = self._full_globals()
+                ds = kf.create_dataset("full_global_descriptors", full.shape, np.float16)
+                for a in range(0, len(full), 4096):
+                    ds[a : a + 4096] = full[a : a + 4096].astype(np.float16)
             kf.create_dataset("record_offsets", data=np.array(self.rec_offsets, np.int64))
             kf.create_dataset("record_crc32", data=np.array(self.rec_crcs, np.uint32))
             kf.create_dataset("num_keypoints", data=np.array(self.num_kp, np.int64))
