@@ -619,7 +619,10 @@ class _PerQueryDeviceMatcher:
     """`DeviceMatcher.match` over the requested keyframes only, uploaded for the call."""
 
     def __init__(self, descriptors: _KeyframeColumn, device: str) -> None:
-        self.descriptors, self.device = descriptors, device
+        import torch
+
+        self.descriptors, self.device = descriptors, torch.device(device)
+        self.num_groups = len(descriptors)  # any keyframe of the map, uploaded when asked
 
     def match(self, desc0: Any, group_ids: Any, **thresholds: Any) -> list:
         from ..matching import DeviceMatcher

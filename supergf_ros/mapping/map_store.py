@@ -43,6 +43,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -198,6 +199,21 @@ def _pread_all(fd: int, n: int, offset: int) -> bytes:
     if len(out) != n:
         raise MapFormatError(f"short read: {len(out)} of {n} B at {offset}")
     return out
+
+
+def reseal_v3(path: str | Path) -> None:
+    """Seal a version-3 map edited in place again (its record and block CRC tables too)."""
+    import h5py
+
+    path = Path(path)
+    with h5py.File(path, "a") as f:
+        for table, blob, offsets in (
+            ("keyframes/record_crc32", "features/records", "keyframes/record_offsets"),
+            ("points3D/block_crc32", "points3D/descriptor_blocks", "points3D/block_offsets"),
+        ):
+            raw, off = f[blob][()].tobytes(), f[offsets][()]
+            f[table][...] = [zlib.crc32(raw[a:b]) for a, b in pairwise(off)]
+    _seal_v3(path)
 
 
 def check_seal_v3(path: Path, lazy: bool) -> dict[str, tuple[int, int]]:
