@@ -38,6 +38,23 @@ def torch_map(data_dir: Path, superpoint_weights: Path, tmp_path_factory) -> Pat
 
 
 @pytest.fixture(scope="module")
+def torch_map_v2(data_dir: Path, superpoint_weights: Path, tmp_path_factory) -> Path:
+    """The same map in format version 2: every keypoint and its descriptor."""
+    path = tmp_path_factory.mktemp("backends") / "map_torch_v2.h5"
+    build_map(
+        data_dir / "strecha" / "fountain-P11",
+        path,
+        image_names=KEYFRAMES,
+        extractor_conf={"weights": str(superpoint_weights), **SMALL},
+        global_name="vlad",
+        backend="torch",
+        conf={"format_version": 2},
+        progress=False,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
 def query(data_dir: Path):
     ds = Dataset(data_dir / "strecha" / "fountain-P11")
     return ds.read_image(QUERY), ds.camera(QUERY), ds.cam_from_world(QUERY)
@@ -84,12 +101,12 @@ def test_map_with_backend_in_its_identity_still_loads_elsewhere(
 
 
 def test_match_3d_only_keeps_the_pose_with_less_work(
-    torch_map: Path, superpoint_weights: Path, query
+    torch_map_v2: Path, superpoint_weights: Path, query
 ):
     image, camera, gt = query
     conf = {"superpoint_weights": superpoint_weights, "top_k": 3, "backend": "onnxruntime"}
-    loc3d = Localizer.from_map(torch_map, conf)
-    loc_all = Localizer.from_map(torch_map, {**conf, "match_3d_only": False})
+    loc3d = Localizer.from_map(torch_map_v2, conf)
+    loc_all = Localizer.from_map(torch_map_v2, {**conf, "match_3d_only": False})
     m = loc3d.map
     # the matching arrays hold exactly the keypoints that have a 3D point, in keypoint order
     total = sum(len(d) for d in loc3d._kf_desc)

@@ -38,6 +38,6 @@ def test_search_clips_k_and_rejects_bad_input():
     with pytest.raises(ValueError, match="dim"):
         index.search(np.ones(5, np.float32), 1)
     with pytest.raises(ValueError, match="retrieval index"):
-        GlobalIndex(db, kind="ivf")
+        GlobalIndex(db, kind="ivfpq")
     with pytest.raises(ValueError, match="non-empty"):
         GlobalIndex(np.zeros((0, 8), np.float32))

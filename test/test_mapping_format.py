@@ -46,8 +46,9 @@ def _toy_map(num_keyframes: int = 3, n: int = 20, seed: int = 0) -> MapData:
 
 
 def test_map_roundtrip(tmp_path: Path):
+    """Format version 2 keeps every keypoint and descriptor (version 3: test_mapping_store)."""
     data = _toy_map()
-    size = write_map(tmp_path / "m.h5", data)
+    size = write_map(tmp_path / "m.h5", data, format_version=2)
     assert size == (tmp_path / "m.h5").stat().st_size > 0
     back = read_map(tmp_path / "m.h5")
     assert back.keyframe_names == data.keyframe_names
@@ -64,8 +65,11 @@ def test_map_roundtrip(tmp_path: Path):
     )
     with h5py.File(tmp_path / "m.h5") as f:  # self-describing
         assert f.attrs["format"] == "supergf_ros.map"
-        assert int(f.attrs["format_version"]) == FORMAT_VERSION
+        assert int(f.attrs["format_version"]) == 2
         assert "cam_from_world" in f.attrs["description"]
+    write_map(tmp_path / "m3.h5", data)
+    with h5py.File(tmp_path / "m3.h5") as f:
+        assert int(f.attrs["format_version"]) == FORMAT_VERSION == 3
 
 
 def test_map_missing_file(tmp_path: Path):
@@ -88,7 +92,7 @@ def test_map_corrupt_and_truncated(tmp_path: Path):
 
 def test_map_incompatible_or_incomplete(tmp_path: Path):
     path = tmp_path / "m.h5"
-    write_map(path, _toy_map())
+    write_map(path, _toy_map(), format_version=2)
     with h5py.File(path, "a") as f:
         f.attrs["format_version"] = FORMAT_VERSION + 1
     with pytest.raises(MapFormatError, match="longer than written"):  # edited after writing
@@ -96,7 +100,7 @@ def test_map_incompatible_or_incomplete(tmp_path: Path):
     update_checksums(path)  # as if written so
     with pytest.raises(ValueError, match="format version"):
         read_map(path)
-    write_map(path, _toy_map())
+    write_map(path, _toy_map(), format_version=2)
     with h5py.File(path, "a") as f:
         del f["points3D/xyz"]
     update_checksums(path)

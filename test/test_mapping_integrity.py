@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import supergf_ros
-from supergf_ros.mapping import MapData, read_map
+from supergf_ros.mapping import MapData, read_map, write_map
 from supergf_ros.mapping.map_format import MapFormatError
+from supergf_ros.mapping.map_store import open_map
 
 NAMES = ["0000.jpg", "0001.jpg", "0002.jpg"]
 _SOURCES = [
@@ -23,6 +24,8 @@ _SOURCES = [
     "mapping/triangulation.py",
     "mapping/pairs.py",
     "mapping/map_format.py",
+    "mapping/map_base.py",
+    "mapping/map_store.py",
     "features/sift.py",
     "models/aggregators.py",
     "matching.py",
@@ -109,11 +112,12 @@ def _flip(raw: bytes, offset: int, mask: int = 0x10) -> bytes:
     "dataset",
     [
         "points3D/xyz",
-        "features/descriptors",
+        "features/records",
+        "points3D/descriptor_blocks",
         "keyframes/global_descriptors",
-        "features/point3D_ids",
+        "keyframes/record_crc32",
         "keyframes/cam_from_world",
-        "features/keypoints",
+        "retrieval/index",
         "aggregator_state/vlad_centroids",
     ],
 )
@@ -143,16 +147,18 @@ def test_a_flipped_byte_in_an_identity_attribute_is_detected(sift_map: Path, tmp
 
 
 def test_maps_without_checksums_still_load(sift_map: Path, tmp_path: Path):
+    v2 = tmp_path / "v2.h5"
+    write_map(v2, read_map(sift_map), format_version=2)
     legacy = tmp_path / "v1.h5"
     # what format version 1 wrote: the same HDF5 content without a user block or checksums
-    with h5py.File(sift_map, "r") as src, h5py.File(legacy, "w") as dst:
+    with h5py.File(v2, "r") as src, h5py.File(legacy, "w") as dst:
         for key in src:
             src.copy(key, dst)
         for key, value in src.attrs.items():
             if key != "checksums":
                 dst.attrs[key] = value
         dst.attrs["format_version"] = 1
-    data, back = read_map(sift_map), read_map(legacy)
+    data, back = read_map(v2), read_map(legacy)
     assert back.format_version == 1 and data.format_version == 2
     back.format_version = 2
     assert _same_map(data, back)
@@ -227,6 +233,7 @@ def test_fuzz_corrupted_copies_raise_map_format_error_or_load_identical(
                     b[at] = int(rng.integers(256))
             data, what = bytes(b), f"{flips} byte(s) changed"
         path.write_bytes(data)
+        _lazy_read_is_refused_or_identical(path, original, case, what)
         try:
             back = read_map(path)
         except MapFormatError as err:
@@ -238,6 +245,25 @@ def test_fuzz_corrupted_copies_raise_map_format_error_or_load_identical(
         outcomes["identical"] += 1
     assert outcomes["error"] > 100 and outcomes["identical"] > 10, outcomes
     assert time.perf_counter() - start_time < 60
+
+
+def _lazy_read_is_refused_or_identical(path: Path, original: MapData, case: int, what: str):
+    """Opening lazily and reading every keyframe: MapFormatError or the identical arrays."""
+    try:
+        lazy = open_map(path)
+        feats = [lazy.keyframe(i) for i in range(lazy.num_keyframes)]
+        points = lazy.points3D[np.arange(len(lazy.points3D))]
+    except MapFormatError as err:
+        assert str(path) in str(err), (case, what, str(err))
+        return
+    off = original.keypoint_offsets
+    for i, kf in enumerate(feats):
+        sl = slice(int(off[i]), int(off[i + 1]))
+        assert np.array_equal(kf.keypoints, original.keypoints[sl]), (case, what)
+        assert np.array_equal(kf.descriptors, original.descriptors[sl]), (case, what)
+        assert np.array_equal(kf.point3D_ids, original.point3D_ids[sl]), (case, what)
+    assert np.array_equal(points, original.points3D), (case, what)
+    lazy.close()
 
 
 def test_damaged_structure_is_refused_before_hdf5_parses_it(

@@ -104,8 +104,41 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime"
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")
+    scale = parser.add_argument_group("map scale (--map-scale: only this benchmark runs)")
+    scale.add_argument(
+        "--map-scale",
+        help="keyframe counts, e.g. 100,1000,10000,50000: synthesize maps of that size from "
+        "fountain-P11 (temporary folder) and measure file size, open time, RSS and per-query cost",
+    )
+    scale.add_argument("--scale-data", type=Path, help="data folder with strecha/fountain-P11")
+    scale.add_argument("--scale-queries", type=int, default=20, help="queries per map size")
+    scale.add_argument("--scale-cache", type=int, default=128, help="keyframe_cache_size")
+    scale.add_argument("--plot", type=Path, help="PNG plot of cost vs keyframes")
     parser.set_defaults(func=run)
     return parser
+
+
+def _run_map_scale(args: argparse.Namespace) -> int:
+    from .scale_benchmark import default_data_dir, format_table, parse_scales, run_scale_benchmark
+
+    scales = parse_scales(args.map_scale)
+    weights = args.superpoint_weights or os.environ.get("SUPERGF_SUPERPOINT_WEIGHTS")
+    data = args.scale_data or default_data_dir()
+    if weights is None:
+        weights = data.parent / "weights" / "superpoint_v1.pth"
+    if not Path(weights).is_file() or not (data / "strecha" / "fountain-P11").is_dir():
+        raise FileNotFoundError(f"--map-scale needs SuperPoint weights ({weights}) and "
+                                f"{data}/strecha/fountain-P11 (--scale-data)")  # fmt: skip
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    result = run_scale_benchmark(scales, data, Path(weights), num_queries=args.scale_queries,
+                                 cache_size=args.scale_cache, plot=args.plot, log=log)  # fmt: skip
+    if args.out is not None:
+        atomic_write_text(args.out, json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result))
+    return 0
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -468,6 +501,8 @@ def _run_pipeline(args: argparse.Namespace, backends: tuple[str, ...], result: d
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.map_scale:
+        return _run_map_scale(args)
     size = _parse_size(args.size)
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     if args.threads is not None:

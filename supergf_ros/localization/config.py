@@ -94,7 +94,20 @@ OPTIONS: dict[str, Option] = {
     "match_3d_only": Option(
         True, bool, "Match only keyframe keypoints that have a 3D point (about 40% less work)."
     ),
-    "index": Option("auto", str, "Retrieval index: auto | flat | hnsw.", choices=INDEX_KINDS),
+    "index": Option(
+        "auto",
+        str,
+        "Retrieval index: auto (the map's saved one; exact below 100,000 keyframes) | flat | "
+        "hnsw | ivf (built at start when it differs from the map's).",
+        choices=INDEX_KINDS,
+    ),
+    "keyframe_cache_size": Option(
+        128,
+        int,
+        "Keyframes whose local features stay in memory (LRU) when the map is read lazily "
+        "(format 3); about 0.3 MB each.",
+        bounds=(1, 1_000_000),
+    ),
     "match_backend": Option(
         "auto",
         str,

@@ -21,6 +21,7 @@ import numpy as np
 from ..features.base import LocalFeatures, validate_image
 from ..geometry import Camera, Pose, world_from_cam_covariance
 from ..mapping.map_format import RUNTIME_OPTIONS, MapData, read_map
+from ..mapping.map_store import LazyMap, is_v3, open_map
 from ..mapping.spatial_index import KeyframeSpatialIndex
 from ..tracking.gate import GateResult, gate
 from .config import OPTIONS, check_conf, check_value
@@ -100,13 +101,13 @@ class Localizer:
 
     default_conf: dict[str, Any] = {name: opt.default for name, opt in OPTIONS.items()}
 
-    def __init__(self, map_data: MapData, conf: dict[str, Any] | None = None) -> None:
+    def __init__(self, map_data: MapData | LazyMap, conf: dict[str, Any] | None = None) -> None:
         self.conf = {**self.default_conf, **check_conf(dict(conf or {}))}
         self.map = map_data
         self.backend_info = self._select_backend()
         self.aggregator = self._build_aggregator()  # first: it says whether it reads the dense map
         self.extractor = self._build_extractor(self.aggregator.needs_dense)
-        self.index = GlobalIndex(map_data.global_descriptors, kind=self.conf["index"])
+        self.index = self._build_index()
         self.spatial_index = KeyframeSpatialIndex(map_data.cam_from_world)
         self._prepare_keyframes()
         self._matcher = self._build_matcher()
@@ -135,7 +136,14 @@ class Localizer:
 
     @classmethod
     def from_map(cls, map_path: str | Path, conf: dict[str, Any] | None = None) -> Localizer:
-        """Load a map and build the extractor + aggregator that match its identity."""
+        """Load a map and build the extractor + aggregator that match its identity.
+
+        A version-3 map is opened lazily (`mapping.map_store.open_map`): keyframe features are
+        read per retrieved keyframe, `keyframe_cache_size` of them kept; older maps load whole.
+        """
+        if is_v3(map_path):
+            size = check_conf(dict(conf or {})).get("keyframe_cache_size")
+            return cls(open_map(map_path, size or OPTIONS["keyframe_cache_size"].default), conf)
         return cls(read_map(map_path), conf)
 
     # -- construction -------------------------------------------------------------------------
@@ -160,13 +168,35 @@ class Localizer:
         choice = self._backend_choice
         return {"backend": choice.backend, "device": choice.device, "reason": choice.reason}
 
-    def _prepare_keyframes(self) -> None:
-        """Per-keyframe matching arrays, prepared once (no per-query conversion or file access).
+    def _build_index(self) -> GlobalIndex:
+        """The retrieval index: a lazy map's saved one where `index` allows it (auto or the
+        saved kind), else built over the map's (projected) global descriptors."""
+        kind = self.conf["index"]
+        saved = getattr(self.map, "global_index", None)
+        if saved is None:
+            return GlobalIndex(self.map.global_descriptors, kind=kind)
+        if kind in ("auto", saved.kind):
+            return saved
+        logger.info("retrieval index: the map's is %s, %s requested: building it", saved.kind, kind)
+        rows = saved.index.reconstruct_batch(np.arange(len(saved)))
+        return GlobalIndex(rows, kind=kind, params=saved.params, projection=saved.projection)
 
-        With `match_3d_only`, each keyframe keeps the descriptors of its keypoints with a 3D
-        point (one contiguous copy) and `_kf_sel` maps their rows back to keypoint indices.
+    def _prepare_keyframes(self) -> None:
+        """Per-keyframe matching arrays: `_kf_kp`, `_kf_desc`, `_kf_pids`, `_kf_sel` (rows of
+        the matched descriptors -> keypoint indices, None: the same).
+
+        A lazy map (`LazyMap`) holds only keypoints that have a 3D point: the arrays are views
+        that read a keyframe when asked, through the map's LRU cache (nothing converted here).
+        An in-memory map is prepared once; with `match_3d_only`, each keyframe keeps the
+        descriptors of its keypoints with a 3D point (one contiguous copy).
         """
         m = self.map
+        if isinstance(m, LazyMap):
+            self._kf_kp = _KeyframeColumn(m, "keypoints")
+            self._kf_desc = _KeyframeColumn(m, "descriptors")
+            self._kf_pids = _KeyframeColumn(m, "point3D_ids")
+            self._kf_sel = _KeyframeColumn(m, None)
+            return
         bounds = [
             (int(m.keypoint_offsets[i]), int(m.keypoint_offsets[i + 1]))
             for i in range(m.num_keyframes)
@@ -184,8 +214,9 @@ class Localizer:
         self._kf_sel = [rows[cuts[i] : cuts[i + 1]] - a for i, (a, _) in enumerate(bounds)]
 
     def _build_matcher(self):
-        """A `DeviceMatcher` holding the keyframes' matching descriptors on the torch device of
-        the networks (see `match_backend`), or None to match with numpy on the host."""
+        """A `DeviceMatcher` on the torch device of the networks (see `match_backend`), or None
+        to match with numpy on the host. An in-memory map's descriptors are uploaded once; a
+        lazy map's retrieved keyframes are uploaded per query (`_PerQueryDeviceMatcher`)."""
         choice = self.conf["match_backend"]
         device = str(self.backend_info["device"])
         on_cuda = device.startswith("cuda")
@@ -197,7 +228,11 @@ class Localizer:
             return None
         from ..matching import DeviceMatcher
 
-        matcher = DeviceMatcher(self._kf_desc, device=device if on_cuda else "cpu")
+        device = device if on_cuda else "cpu"
+        if isinstance(self.map, LazyMap):
+            logger.info("matching on %s: retrieved keyframes uploaded per query", device)
+            return _PerQueryDeviceMatcher(self._kf_desc, device)
+        matcher = DeviceMatcher(self._kf_desc, device=device)
         logger.info(
             "matching on %s: %d keyframes, %.1f MB of descriptors uploaded once",
             matcher.device,
@@ -562,6 +597,41 @@ class Localizer:
         dst = self._kf_kp[kf][matches[:, 1]].astype(np.float32)
         _, mask = cv2.findHomography(src, dst, cv2.RANSAC, threshold_px)
         return 0 if mask is None else int(mask.sum())
+
+
+class _KeyframeColumn:
+    """`column[i]`: one array of keyframe `i` of a lazy map (read through its LRU cache);
+    name None: always None (a lazy map's keyframes hold only matched keypoints)."""
+
+    def __init__(self, lazy_map: LazyMap, name: str | None) -> None:
+        self.map, self.name = lazy_map, name
+
+    def __len__(self) -> int:
+        return self.map.num_keyframes
+
+    def __getitem__(self, i: int) -> np.ndarray | None:
+        if self.name is None:
+            return None
+        return getattr(self.map.keyframe(int(i)), self.name)
+
+
+class _PerQueryDeviceMatcher:
+    """`DeviceMatcher.match` over the requested keyframes only, uploaded for the call."""
+
+    def __init__(self, descriptors: _KeyframeColumn, device: str) -> None:
+        import torch
+
+        self.descriptors, self.device = descriptors, torch.device(device)
+        self.num_groups = len(descriptors)  # any keyframe of the map, uploaded when asked
+
+    def match(self, desc0: Any, group_ids: Any, **thresholds: Any) -> list:
+        from ..matching import DeviceMatcher
+
+        ids = [int(i) for i in group_ids]
+        if not ids:
+            return []
+        matcher = DeviceMatcher([self.descriptors[i] for i in ids], device=self.device)
+        return matcher.match(desc0, range(len(ids)), **thresholds)
 
 
 @contextmanager

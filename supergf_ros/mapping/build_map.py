@@ -23,7 +23,15 @@ default_build_conf: dict[str, Any] = {
     "max_pair_angle_deg": 60.0,  # ... whose viewing directions differ by at most this
     "num_retrieval_neighbors": 5,  # retrieval-based pairs (global descriptors)
     "ratio_threshold": None,  # Lowe ratio test for map matching (None: mutual NN only)
-    "descriptor_dtype": "float16",  # storage of local descriptors in the map file
+    "descriptor_dtype": "float16",  # storage of local descriptors (format version 2)
+    "format_version": 3,  # 3: compact, read lazily (map_store); 2: every keypoint
+    # format 3: projected global descriptor size, full one kept too, the saved retrieval index
+    # (auto: exact up to 100,000 keyframes, else HNSW with efSearch measured for recall@5 >=
+    # 0.99; hnsw | ivf: efSearch / nprobe measured the same way unless given) and its params
+    "global_dim": 256,
+    "keep_full_global": False,
+    "index": "auto",
+    "index_params": {},  # hnsw_m, ef_search, nlist, nprobe, target_recall
     "triangulation": {},  # overrides of triangulation.default_triangulation_conf
 }
 
@@ -207,7 +215,14 @@ def write_map_file(out_path: Path, data, build_conf: dict, num_pairs: int) -> tu
         "features": build_conf["features"],
     }
     data.summary = dict(summary)
-    size = write_map(out_path, data, descriptor_dtype=build_conf["descriptor_dtype"])
+    store = {k: build_conf[k] for k in ("global_dim", "keep_full_global", "index", "index_params")}
+    size = write_map(
+        out_path,
+        data,
+        descriptor_dtype=build_conf["descriptor_dtype"],
+        format_version=build_conf["format_version"],
+        store=store,
+    )
     return summary, size
 
 
@@ -322,10 +337,45 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_backend_arguments(p)
     p.add_argument("--num-neighbors", type=int, help="pose-based pairs per keyframe (default 10)")
     p.add_argument("--ratio-threshold", type=float, help="Lowe ratio test for map matching")
+    add_store_arguments(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p
+
+
+def add_store_arguments(p: argparse.ArgumentParser) -> None:
+    """How the map is stored: format version, global descriptor size, retrieval index."""
+    g = p.add_argument_group("map storage (format 3)")
+    g.add_argument("--format-version", type=int, choices=(2, 3), help="map format (default 3)")
+    g.add_argument("--global-dim", type=int, help="projected global descriptor size (default 256)")
+    g.add_argument(
+        "--keep-full-global", action="store_true", help="also store the full global descriptors"
+    )
+    g.add_argument(
+        "--index",
+        choices=("auto", "flat", "hnsw", "ivf"),
+        help="saved retrieval index (default auto: exact up to 100,000 keyframes, else HNSW "
+        "tuned to recall@5 >= 0.99)",
+    )
+    g.add_argument("--hnsw-m", type=int, help="HNSW graph degree (default 32)")
+    g.add_argument("--ef-search", type=int, help="HNSW efSearch (default: measured for recall)")
+    g.add_argument("--nlist", type=int, help="IVF lists (default 4 sqrt(keyframes))")
+    g.add_argument("--nprobe", type=int, help="IVF lists searched (default: measured for recall)")
+
+
+def store_conf_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    conf: dict[str, Any] = {}
+    for key in ("format_version", "global_dim", "index"):
+        if getattr(args, key, None) is not None:
+            conf[key] = getattr(args, key)
+    if getattr(args, "keep_full_global", False):
+        conf["keep_full_global"] = True
+    params = {k: getattr(args, k) for k in ("hnsw_m", "ef_search", "nlist", "nprobe")}
+    params = {k: v for k, v in params.items() if v is not None}
+    if params:
+        conf["index_params"] = params
+    return conf
 
 
 BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -370,7 +420,7 @@ def run(args: argparse.Namespace) -> int:
     global_conf = {}
     if args.supergf_weights is not None:
         global_conf["weights"] = str(args.supergf_weights)
-    conf: dict[str, Any] = {}
+    conf: dict[str, Any] = store_conf_from_args(args)
     if args.num_neighbors is not None:
         conf["num_pose_neighbors"] = args.num_neighbors
     if args.ratio_threshold is not None:

@@ -47,39 +47,31 @@ import numpy as np
 
 from ..geometry import Camera, Pose
 from ..io_utils import atomic_output
-
-FORMAT_NAME = "supergf_ros.map"
-FORMAT_VERSION = 2
-# Versions this code reads: 1 (no checksums) and 2 (checksums, verified at load).
-READABLE_VERSIONS = (1, 2)
-CHECKSUM_ATTRIBUTES = ("extractor", "aggregator", "build_conf", "summary")
-MAX_ATTRIBUTE_CHARS = 16 << 20  # a JSON attribute larger than this is not a map's
-
-
-class MapFormatError(ValueError):
-    """A map file (or MapData) whose content is wrong: corrupt, truncated, inconsistent."""
-
-
-# The first USERBLOCK_SIZE bytes of a version-2 file (an HDF5 user block, which HDF5 skips) hold
-# SEAL_MAGIC and a JSON record of the file's size and CRC-32s: one per dataset's raw bytes (and
-# per identity attribute's text where it is stored contiguously) and one of everything else
-# (HDF5's own structure). They are checked on the raw bytes *before* HDF5 parses the file:
-# libhdf5 can loop forever or crash on some corrupted structures, so damage never reaches it.
-USERBLOCK_SIZE = 8192
-SEAL_MAGIC = b"supergf_ros.map sealed crc32\n"
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-# Extractor/aggregator options that choose *how* a network runs, not *what* it computes: they
-# are left out of a map's identity, so a map built with one backend localizes with any other.
-RUNTIME_OPTIONS = ("backend", "device", "onnx_cache_dir")
-
-
-def strip_runtime_options(identity: dict[str, Any]) -> dict[str, Any]:
-    """A copy of an extractor/aggregator identity without `RUNTIME_OPTIONS` in its config."""
-    config = {k: v for k, v in dict(identity.get("config", {})).items() if k not in RUNTIME_OPTIONS}
-    return {**identity, "config": config}
-
+from .map_base import (  # noqa: F401 (re-exported)
+    CHECKSUM_ATTRIBUTES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    HDF5_SIGNATURE,
+    MAX_ATTRIBUTE_CHARS,
+    READABLE_VERSIONS,
+    RUNTIME_OPTIONS,
+    SEAL_MAGIC,
+    USERBLOCK_SIZE,
+    V3_MAGIC,
+    WRITABLE_VERSIONS,
+    MapFormatError,
+    _attr_json,
+    _attr_text,
+    _dataset_crc,
+    _numeric,
+    _plain,
+    _read_cameras,
+    _read_poses,
+    _read_version,
+    _strings,
+    _text_crc,
+    strip_runtime_options,
+)
 
 _REQUIRED = (
     "keyframes/names",
@@ -247,11 +239,28 @@ class MapData:
                     raise err(f"map: {role} identity lacks '{key}'; found keys {sorted(ident)}")
 
 
-def write_map(path: str | Path, data: MapData, descriptor_dtype: str = "float16") -> int:
-    """Write `data` to `path` atomically; return the file size in bytes."""
+def write_map(
+    path: str | Path,
+    data: MapData,
+    descriptor_dtype: str = "float16",
+    format_version: int = FORMAT_VERSION,
+    store: dict | None = None,
+) -> int:
+    """Write `data` to `path` atomically; return the file size in bytes.
+
+    Version 3 (the default, `map_store`): compact, `store` its options
+    (`map_store.DEFAULT_STORE_CONF`); version 2: every keypoint and descriptor as in memory
+    (`descriptor_dtype`).
+    """
     import h5py
 
     data.validate()
+    if format_version not in WRITABLE_VERSIONS:
+        raise ValueError(f"format_version must be one of {WRITABLE_VERSIONS}, got {format_version}")
+    if format_version == 3:
+        from .map_store import write_v3
+
+        return write_v3(path, data, store)
     if descriptor_dtype not in ("float16", "float32"):
         raise ValueError(f"descriptor_dtype must be 'float16' or 'float32', got {descriptor_dtype}")
     path = Path(path)
@@ -259,7 +268,7 @@ def write_map(path: str | Path, data: MapData, descriptor_dtype: str = "float16"
     with atomic_output(path) as tmp:
         with h5py.File(tmp, "w", userblock_size=USERBLOCK_SIZE) as f:
             f.attrs["format"] = FORMAT_NAME
-            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["format_version"] = 2
             f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             f.attrs["description"] = (
                 "supergf_ros localization map: keyframes with poses (cam_from_world, COLMAP "
@@ -416,70 +425,16 @@ def update_checksums(path: str | Path) -> None:
     import h5py
 
     path = Path(path)
+    with open(path, "rb") as fh:
+        if fh.read(len(V3_MAGIC)) == V3_MAGIC:  # version 3: the seal is all its checksums
+            from .map_store import reseal_v3
+
+            return reseal_v3(path)
     with h5py.File(path, "a") as f:
         if f.userblock_size != USERBLOCK_SIZE:
             raise MapFormatError(f"{path} has no {USERBLOCK_SIZE} B user block (not a v2 map)")
         _write_checksums(f)
     _seal(path)
-
-
-def _text_crc(text: str) -> int:
-    return zlib.crc32(text.encode("utf-8"))
-
-
-def _dataset_crc(value: np.ndarray) -> int:
-    """CRC-32 of an array as read back from HDF5: dtype, shape and little-endian bytes
-    (variable-length strings: each one's UTF-8 length-prefixed), so that a changed type or
-    shape is caught as well as changed values."""
-    arr = np.asarray(value)
-    if arr.dtype.kind == "O" or arr.dtype.kind in "SU":
-        crc = zlib.crc32(f"str{arr.shape}".encode())
-        for item in arr.reshape(-1):
-            b = item if isinstance(item, bytes) else str(item).encode("utf-8")
-            crc = zlib.crc32(len(b).to_bytes(8, "little"), crc)
-            crc = zlib.crc32(b, crc)
-        return crc
-    le = arr.dtype.newbyteorder("<")
-    crc = zlib.crc32(f"{le.str}{arr.shape}".encode())
-    flat = np.ascontiguousarray(arr, dtype=le).reshape(-1)
-    return zlib.crc32(memoryview(flat).cast("B") if flat.size else b"", crc)
-
-
-def _attr_text(f, key: str, path: Path) -> str:
-    if key not in f.attrs:
-        raise MapFormatError(f"map {path} lacks the '{key}' attribute (corrupt or incomplete map)")
-    value = f.attrs[key]
-    if isinstance(value, bytes):
-        try:
-            value = value.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise MapFormatError(
-                f"map {path}: attribute '{key}' is not UTF-8 text: {err}"
-            ) from None
-    if not isinstance(value, str):
-        raise MapFormatError(
-            f"map {path}: attribute '{key}' must be a text string; found {type(value).__name__}"
-        )
-    if len(value) > MAX_ATTRIBUTE_CHARS:
-        raise MapFormatError(
-            f"map {path}: attribute '{key}' has {len(value)} characters "
-            f"(at most {MAX_ATTRIBUTE_CHARS} expected)"
-        )
-    return value
-
-
-def _attr_json(f, key: str, path: Path, kind: type = dict) -> Any:
-    text = _attr_text(f, key, path)
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as err:
-        raise MapFormatError(f"map {path}: attribute '{key}' is not valid JSON: {err}") from None
-    if not isinstance(value, kind):
-        raise MapFormatError(
-            f"map {path}: attribute '{key}' must be a JSON {kind.__name__}; "
-            f"found {type(value).__name__}"
-        )
-    return value
 
 
 def _read_checksums(f, path: Path) -> dict[str, dict[str, int]]:
@@ -540,36 +495,6 @@ def _read_dataset(f, name: str, path: Path, file_size: int, sums: dict | None) -
     return np.asarray(value)
 
 
-def _strings(value: np.ndarray, name: str, path: Path) -> list[str]:
-    if value.ndim != 1:
-        raise MapFormatError(
-            f"map {path}: {name} must be a 1-D list of strings; found {value.shape}"
-        )
-    out = []
-    for item in value.tolist():
-        if isinstance(item, bytes):
-            try:
-                item = item.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise MapFormatError(
-                    f"map {path}: {name} holds text that is not UTF-8: {err}"
-                ) from None
-        if not isinstance(item, str):
-            raise MapFormatError(
-                f"map {path}: {name} must hold strings; found {type(item).__name__}"
-            )
-        out.append(item)
-    return out
-
-
-def _numeric(value: np.ndarray, name: str, path: Path, kinds: str, dtype) -> np.ndarray:
-    if value.dtype.kind not in kinds:
-        raise MapFormatError(
-            f"map {path}: {name} must be numeric ({np.dtype(dtype).name}); found dtype {value.dtype}"
-        )
-    return np.ascontiguousarray(value, dtype=dtype)
-
-
 def read_map(path: str | Path) -> MapData:
     """Load a map file, verifying its checksums (version 2) and structure.
 
@@ -586,7 +511,10 @@ def read_map(path: str | Path) -> MapData:
         raise FileNotFoundError(f"map file not found: {path}")
     file_size = path.stat().st_size
     with open(path, "rb") as fh:
-        head = fh.read(len(SEAL_MAGIC))
+        head = fh.read(max(len(SEAL_MAGIC), len(V3_MAGIC)))
+    if head.startswith(V3_MAGIC):
+        return _read_v3(path)
+    head = head[: len(SEAL_MAGIC)]
     sealed = head == SEAL_MAGIC
     if sealed:
         _check_seal(path.read_bytes(), path)
@@ -614,13 +542,6 @@ def read_map(path: str | Path) -> MapData:
         return data.validate()
     except MapFormatError as err:
         raise MapFormatError(f"map {path}: {str(err).removeprefix('map: ')}") from None
-
-
-def _plain(value: Any, limit: int = 40) -> str:
-    """A file value for an error message: numpy scalars as Python values, printable, bounded."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    return ascii(value)[:limit]
 
 
 def _read_open_map(f, path: Path, file_size: int, sealed: bool = False) -> MapData:
@@ -667,28 +588,6 @@ def _read_open_map(f, path: Path, file_size: int, sealed: bool = False) -> MapDa
     return data
 
 
-def _read_version(f, path: Path) -> int:
-    """Check the file's format attribute; return its format version if this code reads it."""
-    fmt = f.attrs.get("format")
-    if isinstance(fmt, bytes):
-        fmt = fmt.decode("utf-8", "replace")
-    if fmt != FORMAT_NAME:
-        raise MapFormatError(
-            f"{path} is not a supergf_ros map (format attribute: {_plain(fmt, 80)})"
-        )
-    raw_version = f.attrs.get("format_version", -1)
-    try:
-        version = int(raw_version)
-    except (TypeError, ValueError):
-        version = -1
-    if version not in READABLE_VERSIONS:
-        raise MapFormatError(
-            f"map {path} has format version {_plain(raw_version)}; this supergf_ros reads versions "
-            f"{', '.join(map(str, READABLE_VERSIONS))}. Rebuild the map with `supergf-ros build-map`."
-        )
-    return version
-
-
 def _read_attributes(f, path: Path, sums: dict | None) -> dict[str, Any]:
     """The JSON attributes in CHECKSUM_ATTRIBUTES, each checked against `sums` if given."""
     attrs = {}
@@ -702,34 +601,6 @@ def _read_attributes(f, path: Path, sums: dict | None) -> dict[str, Any]:
                 )
         attrs[key] = _attr_json(f, key, path)
     return attrs
-
-
-def _read_cameras(read, path: Path) -> list[Camera]:
-    cams = []
-    for i, text in enumerate(_strings(read("keyframes/cameras"), "keyframes/cameras", path)):
-        try:
-            cams.append(Camera.from_dict(json.loads(text)))
-        except (ValueError, KeyError, TypeError, RecursionError) as err:
-            raise MapFormatError(
-                f"map {path}: keyframes/cameras[{i}] is not a valid camera: {err}"
-            ) from None
-    return cams
-
-
-def _read_poses(read, path: Path, count: int) -> list[Pose]:
-    poses_arr = _numeric(read("keyframes/cam_from_world"), "cam_from_world", path, "f", np.float64)
-    if poses_arr.shape != (count, 7):
-        raise MapFormatError(
-            f"map {path}: keyframes/cam_from_world must have shape ({count}, 7); "
-            f"found {poses_arr.shape}"
-        )
-    poses = []
-    for i, p in enumerate(poses_arr):
-        try:
-            poses.append(Pose(p[:4], p[4:]))
-        except ValueError as err:
-            raise MapFormatError(f"map {path}: keyframes/cam_from_world[{i}]: {err}") from None
-    return poses
 
 
 def _read_aggregator_state(f, path: Path, sums: dict | None, read) -> dict[str, np.ndarray]:
@@ -775,3 +646,20 @@ def _read_arrays(read, path: Path) -> dict[str, np.ndarray]:
             read("keyframes/global_descriptors"), "global_descriptors", path, fl, np.float32
         ),
     }
+
+
+def _read_v3(path: Path) -> MapData:
+    from .map_store import read_v3
+
+    try:
+        data = MapData(**read_v3(path))
+    except (MapFormatError, NameError, ImportError):
+        raise
+    except (Exception, RecursionError) as err:  # h5py/HDF5 errors on damaged files
+        raise MapFormatError(
+            f"map {path} is corrupt or truncated: {type(err).__name__}: {err}"
+        ) from err
+    try:
+        return data.validate()
+    except MapFormatError as err:
+        raise MapFormatError(f"map {path}: {str(err).removeprefix('map: ')}") from None

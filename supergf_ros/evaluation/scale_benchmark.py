@@ -1,0 +1,226 @@
+"""`supergf-ros benchmark --map-scale 100,1000,10000,50000 [--json]`: cost of localization vs
+the number of keyframes.
+
+A real map (fountain-P11, even images, SuperPoint + VLAD) is replicated on a grid through the map
+API (`map_store.MapWriter`): copy c of every keyframe and its 3D points is shifted by c grid cells
+(50 m apart); its global descriptor is perturbed inside a fixed random 128-D subspace (so the
+map's descriptors keep the low-rank structure of real ones; isotropic 16,384-D noise would be
+discarded by any learned projection). Queries are the odd images, localized in copy 0's frame:
+retrieving a copy instead localizes them 50 m away, so `correct_fraction` counts retrieval
+mistakes. Each map is opened and queried in a fresh process (clean RSS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCENE = "fountain-P11"
+GRID_SPACING_M = 50.0
+PERTURB_DIM, PERTURB_SCALE = 128, 1.0
+KEYS = ("keyframes", "file_mb", "bytes_per_keyframe", "open_s", "rss_mb_before_open",
+        "rss_mb_after_open", "rss_mb_after_queries", "retrieval_ms", "matching_ms", "total_ms",
+        "correct_fraction")  # fmt: skip
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def default_data_dir() -> Path:
+    """$SUPERGF_SHARED_DIR/data, else ../shared/data beside the repository."""
+    shared = os.environ.get("SUPERGF_SHARED_DIR")
+    root = Path(shared) if shared else Path(__file__).resolve().parents[3] / "shared"
+    return root / "data"
+
+
+def base_map(dataset_dir: Path, weights: Path, out: Path):
+    """(MapData of the real map, (features, cameras, gt poses) of the queries)."""
+    from ..datasets import Dataset
+    from ..localization import Localizer
+    from ..mapping import read_map
+    from ..mapping.build_map import build_map
+
+    ds = Dataset(dataset_dir)
+    build_map(dataset_dir, out, image_names=ds.names[::2], features="superpoint",
+              extractor_conf={"weights": str(weights), "resize_max": 640, "max_keypoints": 1024},
+              global_name="vlad", progress=False)  # fmt: skip
+    loc = Localizer.from_map(out, {"superpoint_weights": weights, "backend": "onnxruntime"})
+    queries = [(loc.extractor.extract(ds.read_image(n)), ds.camera(n), ds.cam_from_world(n))
+               for n in ds.names[1::2]]  # fmt: skip
+    return read_map(out), queries
+
+
+def synthesize(base, n: int, path: Path, seed: int = 0) -> int:
+    """Write a map of `n` keyframes replicated from `base` (see the module doc); its size."""
+    from ..geometry import Pose
+    from ..mapping.map_store import MapWriter
+
+    rng = np.random.default_rng(seed)
+    g = base.global_descriptors.shape[1]
+    basis, _ = np.linalg.qr(rng.standard_normal((g, PERTURB_DIM)).astype(np.float32))
+    writer = MapWriter(path, extractor=base.extractor, aggregator=base.aggregator,
+                       descriptor_dim=base.descriptors.shape[1],
+                       aggregator_state=base.aggregator_state, build_conf=base.build_conf,
+                       summary={"synthetic": f"{SCENE} x {n}"})  # fmt: skip
+    k0, p0 = base.num_keyframes, len(base.points3D)
+    side = int(np.ceil(np.sqrt(np.ceil(n / k0))))
+    off = base.keypoint_offsets
+    copy, written = 0, 0
+    while written < n:
+        shift = GRID_SPACING_M * np.array([copy % side, 0.0, copy // side])
+        glob = base.global_descriptors
+        if copy:
+            noise = rng.standard_normal((k0, PERTURB_DIM)).astype(np.float32) @ basis.T
+            glob = glob + PERTURB_SCALE * noise / np.sqrt(PERTURB_DIM)
+            glob /= np.linalg.norm(glob, axis=1, keepdims=True)
+        for j in range(min(k0, n - written)):
+            pose = base.cam_from_world[j]
+            moved = Pose(pose.qvec, pose.tvec - pose.R @ shift)
+            sl = slice(int(off[j]), int(off[j + 1]))
+            writer.add_keyframe(f"c{copy:05d}/{base.keyframe_names[j]}", base.cameras[j], moved,
+                                base.keypoints[sl], base.point3D_ids[sl] + copy * p0,
+                                base.scores[sl], glob[j])  # fmt: skip
+            written += 1
+        reps = _point_descriptors(base)
+        writer.add_points(base.points3D + shift, reps, base.track_lengths, base.point_errors)
+        copy += 1
+    return writer.close()
+
+
+def _point_descriptors(base) -> np.ndarray:
+    """(P, D) one descriptor per point of a format-3 map in memory (all observations share it)."""
+    out = np.zeros((len(base.points3D), base.descriptors.shape[1]), np.float32)
+    out[base.point3D_ids] = base.descriptors
+    return out
+
+
+def measure(map_path: Path, queries_path: Path, num_queries: int, cache_size: int) -> dict:
+    """In this process: open `map_path`, localize `num_queries` queries; the measurements."""
+    import pickle
+
+    from ..geometry import pose_error
+    from ..localization import Localizer
+
+    queries = pickle.loads(queries_path.read_bytes())
+    weights = os.environ.get("SUPERGF_SUPERPOINT_WEIGHTS")
+    rss0 = _rss_mb()
+    t = time.perf_counter()
+    loc = Localizer.from_map(map_path, {"superpoint_weights": weights, "backend": "onnxruntime",
+                                        "keyframe_cache_size": cache_size})  # fmt: skip
+    open_s = time.perf_counter() - t
+    rss1 = _rss_mb()
+    rows, ok = [], []
+    for q in range(num_queries):
+        features, camera, gt = queries[q % len(queries)]
+        r = loc.localize_features(features, camera)
+        rows.append(r.timings_ms)
+        err = pose_error(r.cam_from_world, gt) if r.success else (np.inf, np.inf)
+        ok.append(bool(err[0] <= 0.25 and err[1] <= 2.0))
+    med = {k: float(np.median([r[k] for r in rows])) for k in ("retrieval", "matching", "total")}
+    return {"open_s": open_s, "rss_mb_before_open": rss0, "rss_mb_after_open": rss1,
+            "rss_mb_after_queries": _rss_mb(), "retrieval_ms": med["retrieval"],
+            "matching_ms": med["matching"], "total_ms": med["total"],
+            "correct_fraction": float(np.mean(ok)), "index": loc.index.kind,
+            "correct": ok}  # fmt: skip
+
+
+def run_scale_benchmark(scales: list[int], data_dir: Path, weights: Path, num_queries: int = 20,
+                        cache_size: int = 128, plot: Path | None = None,
+                        log=print) -> dict[str, Any]:  # fmt: skip
+    """Synthesize a map per N in `scales` (in a temporary folder), measure, remove it."""
+    import pickle
+
+    out: dict[str, Any] = {"scene": SCENE, "num_queries": num_queries, "map_scale": []}
+    with tempfile.TemporaryDirectory(prefix="supergf-scale-") as tmp:
+        tmp = Path(tmp)
+        base, queries = base_map(data_dir / "strecha" / SCENE, weights, tmp / "base.h5")
+        qpath = tmp / "queries.pkl"
+        qpath.write_bytes(pickle.dumps(queries))
+        for n in scales:
+            path = tmp / f"map_{n}.h5"
+            t = time.perf_counter()
+            size = synthesize(base, n, path)
+            write_s = time.perf_counter() - t
+            row = {"keyframes": n, "file_mb": size / 1e6, "bytes_per_keyframe": size / n,
+                   "write_s": write_s, **_measure_in_subprocess(path, qpath, num_queries,
+                                                                cache_size, weights)}  # fmt: skip
+            path.unlink()
+            out["map_scale"].append(row)
+            log(format_row(row))
+    if plot is not None:
+        plot_costs(out, plot)
+        out["plot"] = str(plot)
+    return out
+
+
+def _measure_in_subprocess(path, qpath, num_queries, cache_size, weights) -> dict:
+    code = ("import json, sys; from pathlib import Path; "
+            "from supergf_ros.evaluation.scale_benchmark import measure; "
+            f"print(json.dumps(measure(Path({str(path)!r}), Path({str(qpath)!r}), "
+            f"{num_queries}, {cache_size})))")  # fmt: skip
+    env = {**os.environ, "SUPERGF_SUPERPOINT_WEIGHTS": str(weights)}
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"measuring {path} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def format_row(row: dict) -> str:
+    return (f"{row['keyframes']:>7} keyframes: {row['file_mb']:9.1f} MB "
+            f"({row['bytes_per_keyframe'] / 1e3:6.1f} kB/kf), open {row['open_s']:5.2f} s, RSS "
+            f"{row['rss_mb_before_open']:6.0f} -> {row['rss_mb_after_open']:6.0f} -> "
+            f"{row['rss_mb_after_queries']:6.0f} MB, retrieval {row['retrieval_ms']:6.2f} ms, "
+            f"matching {row['matching_ms']:6.2f} ms, total {row['total_ms']:7.2f} ms, correct "
+            f"{row['correct_fraction']:.2f} ({row['index']})")  # fmt: skip
+
+
+def format_table(result: dict) -> str:
+    return "\n".join(format_row(r) for r in result["map_scale"])
+
+
+def plot_costs(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["map_scale"]
+    n = [r["keyframes"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("retrieval_ms", "matching_ms", "total_ms"):
+        a.plot(n, [r[key] for r in rows], "o-", label=key)
+    a.set(xscale="log", xlabel="keyframes", ylabel="ms per query (median)")
+    a.legend()
+    for key in ("rss_mb_after_open", "rss_mb_after_queries"):
+        b.plot(n, [r[key] for r in rows], "o-", label=key)
+    b.plot(n, [r["file_mb"] for r in rows], "s--", label="file_mb")
+    b.set(xscale="log", yscale="log", xlabel="keyframes", ylabel="MB")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_scales(text: str) -> list[int]:
+    try:
+        scales = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--map-scale must be comma-separated integers, got {text!r}") from None
+    if not scales or min(scales) < 1:
+        raise ValueError(f"--map-scale needs keyframe counts >= 1, got {text!r}")
+    return scales
