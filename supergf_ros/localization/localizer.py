@@ -109,6 +109,7 @@ class Localizer:
         self.extractor = self._build_extractor(self.aggregator.needs_dense)
         self.index = self._build_index()
         self.spatial_index = KeyframeSpatialIndex(map_data.cam_from_world)
+        self._map_pixels = max(c.width * c.height for c in map_data.cameras)
         self._prepare_keyframes()
         self._matcher = self._build_matcher()
         self._pycolmap_cameras: dict[Camera, Any] = {}
@@ -141,10 +142,8 @@ class Localizer:
         A version-3 map is opened lazily (`mapping.map_store.open_map`): keyframe features are
         read per retrieved keyframe, `keyframe_cache_size` of them kept; older maps load whole.
         """
-        if is_v3(map_path):
-            size = check_conf(dict(conf or {})).get("keyframe_cache_size")
-            return cls(open_map(map_path, size or OPTIONS["keyframe_cache_size"].default), conf)
-        return cls(read_map(map_path), conf)
+        size = check_conf(dict(conf or {})).get("keyframe_cache_size")
+        return cls(load_map(map_path, size), conf)
 
     # -- construction -------------------------------------------------------------------------
     def _needs_network(self) -> bool:
@@ -351,7 +350,7 @@ class Localizer:
 
     def _within_pixel_budget(self, image: np.ndarray, camera: Camera) -> tuple[np.ndarray, Camera]:
         """`image` and `camera` downscaled (area filter) to at most `max_image_pixels`."""
-        budget = self.conf["max_image_pixels"] or max(c.width * c.height for c in self.map.cameras)
+        budget = self.conf["max_image_pixels"] or self._map_pixels
         h, w = image.shape[:2]
         if h * w <= budget:
             return image, camera
@@ -632,6 +631,14 @@ class _PerQueryDeviceMatcher:
             return []
         matcher = DeviceMatcher([self.descriptors[i] for i in ids], device=self.device)
         return matcher.match(desc0, range(len(ids)), **thresholds)
+
+
+def load_map(map_path: str | Path, keyframe_cache_size: int | None = None) -> MapData | LazyMap:
+    """The map at `map_path`: a version-3 map opened lazily (`keyframe_cache_size` keyframes
+    cached), older versions read whole. ValueError for a corrupt or incompatible file."""
+    if is_v3(map_path):
+        return open_map(map_path, keyframe_cache_size or OPTIONS["keyframe_cache_size"].default)
+    return read_map(map_path)
 
 
 @contextmanager

@@ -231,10 +231,11 @@ class _LocalizerCore:
         if not Path(map_path).is_file():
             raise StartupError(f"map file not found: {map_path}")
         from supergf_ros.localization import Localizer
-        from supergf_ros.mapping import read_map
+        from supergf_ros.localization.localizer import load_map
 
         try:
-            map_data = read_map(Path(map_path))
+            cache_size = localizer_conf(self.params).get("keyframe_cache_size")
+            map_data = load_map(Path(map_path), cache_size)
         except (FileNotFoundError, ValueError, KeyError, OSError) as err:
             raise StartupError(f"cannot load map {map_path}: {err}") from err
         try:
