@@ -121,16 +121,7 @@ def probe_capabilities() -> Capabilities:
     except ImportError as err:
         notes["onnxruntime"] = f"import onnxruntime failed: {err}"
 
-    torch_version, torch_cuda = None, False
-    try:
-        import torch
-
-        torch_version = str(torch.__version__)
-        torch_cuda = bool(torch.cuda.is_available())
-        if not torch_cuda:
-            notes["torch_cuda"] = f"torch {torch_version} reports no CUDA device"
-    except ImportError as err:
-        notes["torch"] = f"import torch failed: {err}"
+    torch_version, torch_cuda = _probe_torch(cuda_devices, notes)
     return Capabilities(
         cuda_devices=cuda_devices,
         gpu_names=gpu_names,
@@ -141,6 +132,33 @@ def probe_capabilities() -> Capabilities:
         torch_cuda=torch_cuda,
         notes=notes,
     )
+
+
+def _probe_torch(cuda_devices: int, notes: dict[str, str]) -> tuple[str | None, bool]:
+    """(torch version, whether torch sees CUDA). Without a CUDA device torch is not imported
+    (its version comes from the package metadata): a CPU process on ONNX Runtime stays lean."""
+    if importlib.util.find_spec("torch") is None:
+        notes["torch"] = "import torch failed: Python package 'torch' is not installed"
+        return None, False
+    if cuda_devices == 0:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            torch_version = version("torch")
+        except PackageNotFoundError:
+            torch_version = "unknown"
+        notes["torch_cuda"] = f"torch {torch_version}: no CUDA device"
+        return torch_version, False
+    try:
+        import torch
+    except ImportError as err:
+        notes["torch"] = f"import torch failed: {err}"
+        return None, False
+    torch_version = str(torch.__version__)
+    torch_cuda = bool(torch.cuda.is_available())
+    if not torch_cuda:
+        notes["torch_cuda"] = f"torch {torch_version} reports no CUDA device"
+    return torch_version, torch_cuda
 
 
 def available_backends(capabilities: Capabilities | None = None) -> dict[str, str]:
