@@ -6,18 +6,19 @@ are dot products and Euclidean distances follow as sqrt(2 - 2 * similarity).
 
 from __future__ import annotations
 
-from typing import Any, overload
+import sys
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
-try:  # torch is a hard dependency of the package, but keep this module importable without it
+if TYPE_CHECKING:
     import torch
-except ImportError:  # pragma: no cover
-    torch = None
 
 
 def _is_torch(x: Any) -> bool:
-    return torch is not None and isinstance(x, torch.Tensor)
+    """Whether `x` is a torch tensor (never imports torch: without it nothing is a tensor)."""
+    module = sys.modules.get("torch")
+    return module is not None and isinstance(x, module.Tensor)
 
 
 def _check_thresholds(ratio_threshold: float | None, distance_threshold: float | None) -> None:
@@ -31,6 +32,8 @@ def _check(desc: Any, name: str) -> None:
     if desc.ndim != 2:
         raise ValueError(f"{name} must have shape (N, D), got {tuple(desc.shape)}")
     if _is_torch(desc):
+        import torch
+
         if not desc.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got {desc.dtype}")
         finite = bool(torch.isfinite(desc).all())
@@ -92,11 +95,15 @@ def match_mutual_nn(desc0, desc1, ratio_threshold=None, distance_threshold=None)
         return _match_torch(desc0, desc1, ratio_threshold, distance_threshold)
     matches, sims = _match_numpy(desc0, desc1, ratio_threshold, distance_threshold)
     if as_torch:
+        import torch
+
         return torch.from_numpy(matches), torch.from_numpy(sims)
     return matches, sims
 
 
 def _cpu_to_numpy(desc: torch.Tensor) -> np.ndarray:
+    import torch
+
     desc = desc.detach()
     if desc.is_floating_point() and desc.dtype not in (torch.float16, torch.float32, torch.float64):
         desc = desc.float()  # e.g. bfloat16, which numpy lacks
@@ -139,6 +146,8 @@ def _mutual_nn_torch(d0, d1, ratio, dist):
     Returns (nn01 (N,) int64, sim_nn (N,) float32, keep (N,) bool) on the inputs' device; the
     same rules (and tie handling: the first index wins) as `_match_numpy`. Needs N, M >= 1.
     """
+    import torch
+
     n, m = d0.shape[0], d1.shape[0]
     sim = d0.float() @ d1.float().t()
     if ratio is not None and m >= 2:
@@ -156,6 +165,8 @@ def _mutual_nn_torch(d0, d1, ratio, dist):
 
 
 def _match_torch(d0, d1, ratio, dist):
+    import torch
+
     n, m = d0.shape[0], d1.shape[0]
     dev = d0.device
     if n == 0 or m == 0:
@@ -186,8 +197,8 @@ class DeviceMatcher:
     """
 
     def __init__(self, groups: list[np.ndarray], device: str | Any = "cpu") -> None:
-        if torch is None:  # pragma: no cover
-            raise ValueError("DeviceMatcher needs torch")
+        import torch
+
         if not groups:
             raise ValueError("DeviceMatcher needs at least one descriptor group")
         dims = {int(g.shape[1]) for g in groups if getattr(g, "ndim", 0) == 2}
@@ -219,6 +230,8 @@ class DeviceMatcher:
 
     def to_device(self, desc: Any) -> Any:
         """(N, D) query descriptors as a float32 tensor on the bank's device (no copy if there)."""
+        import torch
+
         if not _is_torch(desc):
             desc = torch.from_numpy(np.ascontiguousarray(desc))
         return desc.to(self.device, torch.float32)
@@ -240,6 +253,8 @@ class DeviceMatcher:
             per group, in order: (matches (K, 2) int64 numpy (i in desc0, j in the group),
             similarities (K,) float32 numpy), as `match_mutual_nn` returns for numpy inputs.
         """
+        import torch
+
         if _is_torch(desc0) and not desc0.is_floating_point():
             raise ValueError(f"desc0 must be a floating-point tensor, got {desc0.dtype}")
         # a query already on the bank's device is checked for NaN/inf in the same host copy as

@@ -1,9 +1,10 @@
-"""SuperPoint (DeTone, Malisiewicz, Rabinovich, CVPRW 2018): the MagicLeap network and extractor.
+"""SuperPoint (DeTone, Malisiewicz, Rabinovich, CVPRW 2018): the extractor and its model spec.
 
-`SuperPointNet` is the plain network (export-friendly: no data-dependent control flow);
 `SuperPoint` is the extractor registered as "superpoint": grayscale -> pad to a multiple of 8 ->
-network (PyTorch or ONNX Runtime) -> NMS -> threshold -> border removal -> top-k -> bilinear
-descriptor sampling from the dense map.
+network (PyTorch, ONNX Runtime fp32 or int8, TensorRT) -> NMS -> threshold -> border removal ->
+top-k -> bilinear descriptor sampling from the dense map. The network itself, its weights loader
+and the torch post-processing live in `superpoint_torch` (re-exported here, imported on first
+use): with ONNX Runtime and a cached ONNX file nothing imports torch.
 
 Coordinates follow the pixel-centre convention: the centre of the top-left pixel is (0, 0); a
 coarse descriptor cell (i, j) of stride 8 covers pixels 8j .. 8j+7 and its centre is 8j + 3.5.
@@ -11,151 +12,40 @@ coarse descriptor cell (i, j) of stride 8 covers pixels 8j .. 8j+7 and its centr
 
 from __future__ import annotations
 
-import os
+import hashlib
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..inference.backends import create_runner, resolve_backend
+from ..inference.quantize import Calibration, Int8Settings
 from ..inference.runners import TorchRunner
 from ..inference.spec import ModelSpec, Profile, round_up
 from .base import Extractor, LocalFeatures, file_sha256, to_grayscale
+from .superpoint_common import STRIDE, WEIGHTS_ENV, resolve_weights
 
-WEIGHTS_ENV = "SUPERGF_SUPERPOINT_WEIGHTS"
-STRIDE = 8
-
-_WEIGHTS_HELP = (
-    "SuperPoint expects the MagicLeap 'superpoint_v1.pth' file (a SuperPointNet state dict with "
-    "keys conv1a ... convDb). Provide it with the extractor option weights=PATH, the environment "
-    f"variable {WEIGHTS_ENV}=PATH, or the command-line option --superpoint-weights PATH. "
-    "Weights are never downloaded automatically."
+__all__ = ["STRIDE", "WEIGHTS_ENV", "SuperPoint", "resolve_weights", "superpoint_spec"]
+_TORCH_NAMES = (
+    "SuperPointNet",
+    "load_superpoint_net",
+    "postprocess_torch",
+    "sample_descriptors",
+    "simple_nms",
 )
+PRECISIONS = ("fp32", "int8")
 
 
-class SuperPointNet(nn.Module):
-    """The MagicLeap SuperPoint network (state-dict keys conv1a ... convDb, 1,300,865 params).
+def __getattr__(name: str) -> Any:
+    """The torch parts (`superpoint_torch`), imported when first asked for."""
+    if name in _TORCH_NAMES:
+        from . import superpoint_torch
 
-    forward(image): image (B, 1, H, W) float32 in [0, 1], H and W multiples of 8 ->
-        scores (B, H, W): keypoint probability per pixel (softmax over 65 channels, dustbin
-            dropped, depth-to-space);
-        descriptors (B, 256, H/8, W/8): dense descriptors, L2-normalized along channels.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        c1, c2, c3, c4, c5, d1 = 64, 64, 128, 128, 256, 256
-        self.relu = nn.ReLU(inplace=True)
-        self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.conv1a = nn.Conv2d(1, c1, kernel_size=3, stride=1, padding=1)
-        self.conv1b = nn.Conv2d(c1, c1, kernel_size=3, stride=1, padding=1)
-        self.conv2a = nn.Conv2d(c1, c2, kernel_size=3, stride=1, padding=1)
-        self.conv2b = nn.Conv2d(c2, c2, kernel_size=3, stride=1, padding=1)
-        self.conv3a = nn.Conv2d(c2, c3, kernel_size=3, stride=1, padding=1)
-        self.conv3b = nn.Conv2d(c3, c3, kernel_size=3, stride=1, padding=1)
-        self.conv4a = nn.Conv2d(c3, c4, kernel_size=3, stride=1, padding=1)
-        self.conv4b = nn.Conv2d(c4, c4, kernel_size=3, stride=1, padding=1)
-        self.convPa = nn.Conv2d(c4, c5, kernel_size=3, stride=1, padding=1)
-        self.convPb = nn.Conv2d(c5, 65, kernel_size=1, stride=1, padding=0)
-        self.convDa = nn.Conv2d(c4, c5, kernel_size=3, stride=1, padding=1)
-        self.convDb = nn.Conv2d(c5, d1, kernel_size=1, stride=1, padding=0)
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
-            if image.ndim != 4 or image.shape[1] != 1:
-                raise ValueError(f"SuperPointNet expects (B, 1, H, W), got {tuple(image.shape)}")
-            if image.shape[2] % STRIDE or image.shape[3] % STRIDE:
-                raise ValueError(
-                    f"SuperPointNet needs H and W multiples of {STRIDE}, got {tuple(image.shape)}"
-                )
-        x = self.relu(self.conv1a(image))
-        x = self.relu(self.conv1b(x))
-        x = self.pool(x)
-        x = self.relu(self.conv2a(x))
-        x = self.relu(self.conv2b(x))
-        x = self.pool(x)
-        x = self.relu(self.conv3a(x))
-        x = self.relu(self.conv3b(x))
-        x = self.pool(x)
-        x = self.relu(self.conv4a(x))
-        x = self.relu(self.conv4b(x))
-
-        semi = self.convPb(self.relu(self.convPa(x)))  # (B, 65, H/8, W/8)
-        prob = torch.softmax(semi, dim=1)[:, :-1]  # drop the "no keypoint" dustbin
-        scores = F.pixel_shuffle(prob, STRIDE)[:, 0]  # (B, H, W); channel k -> (k // 8, k % 8)
-
-        desc = self.convDb(self.relu(self.convDa(x)))  # (B, 256, H/8, W/8)
-        desc = F.normalize(desc, p=2.0, dim=1)
-        return scores, desc
-
-
-def resolve_weights(weights: str | Path | None) -> Path:
-    """The SuperPoint weights file: conf `weights`, else $SUPERGF_SUPERPOINT_WEIGHTS.
-
-    Raises FileNotFoundError naming where it looked and how to provide the file.
-    """
-    looked: list[str] = []
-    if weights is not None and str(weights) != "":
-        path = Path(weights).expanduser()
-        if path.is_file():
-            return path
-        looked.append(f"option weights={path} (file not found)")
-    else:
-        looked.append("option weights (not set)")
-        env = os.environ.get(WEIGHTS_ENV, "")
-        if env:
-            path = Path(env).expanduser()
-            if path.is_file():
-                return path
-            looked.append(f"${WEIGHTS_ENV}={path} (file not found)")
-        else:
-            looked.append(f"${WEIGHTS_ENV} (not set)")
-    raise FileNotFoundError(
-        "SuperPoint weights not found; looked at: " + "; ".join(looked) + ". " + _WEIGHTS_HELP
-    )
-
-
-def load_superpoint_net(path: str | Path) -> SuperPointNet:
-    """A SuperPointNet in eval mode with the state dict at `path` (torch.load weights_only=True).
-
-    Raises ValueError when the file is not a SuperPointNet state dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"SuperPoint weights file {path} does not exist. {_WEIGHTS_HELP}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"could not read SuperPoint weights {path} with torch.load(weights_only=True): "
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. {_WEIGHTS_HELP}"
-        ) from err
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(
-            f"SuperPoint weights {path} hold a {type(state).__name__}, not a state dict of "
-            f"tensors. {_WEIGHTS_HELP}"
-        )
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    net = SuperPointNet()
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(
-        k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape)
-    )
-    if missing or unexpected or wrong_shape:
-        raise ValueError(
-            f"{path} is not a SuperPointNet state dict: missing keys {missing[:6]}, unexpected "
-            f"keys {unexpected[:6]}, wrong shapes {wrong_shape[:6]}. {_WEIGHTS_HELP}"
-        )
-    net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    return net.eval()
+        return getattr(superpoint_torch, name)
+    raise AttributeError(name)
 
 
 def superpoint_profile(
@@ -171,12 +61,31 @@ def superpoint_profile(
 
 
 def superpoint_spec(
-    net: SuperPointNet, weights_sha256: str, *, profile: Profile | None = None
+    net: Any,
+    weights_sha256: str,
+    *,
+    profile: Profile | None = None,
+    calibration: Calibration | None = None,
 ) -> ModelSpec:
-    """ModelSpec for a SuperPointNet (its ONNX file is keyed by the weights' hash)."""
+    """ModelSpec for a SuperPointNet, or for the weights file `net` (str or Path: loaded only when
+    a backend needs the torch module, i.e. not for a cached ONNX file). The ONNX file is keyed by
+    the weights' hash; `calibration` (default `superpoint_calibration()`) and
+    `SUPERPOINT_INT8` make its INT8 version."""
+    if isinstance(net, (str, Path)):
+        path = Path(net)
+
+        def build() -> Any:
+            from .superpoint_torch import load_superpoint_net
+
+            return load_superpoint_net(path)
+    else:
+
+        def build() -> Any:
+            return net
+
     return ModelSpec(
         name="superpoint",
-        build_module=lambda: net,
+        build_module=build,
         example_inputs=lambda: (np.zeros((1, 1, 64, 96), np.float32),),
         input_names=["image"],
         output_names=["scores", "descriptors"],
@@ -188,33 +97,103 @@ def superpoint_spec(
         key=f"{weights_sha256}-superpointnet-v1",
         profile=profile if profile is not None else superpoint_profile(),
         channels_last=True,  # oneDNN convolutions are ~1.5x faster in channels_last on CPU
+        calibration=calibration if calibration is not None else superpoint_calibration(),
+        int8_settings=SUPERPOINT_INT8,
     )
 
 
-def _max_pool(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Separable (2r+1)x(2r+1) max filter with stride 1 on (B, H, W) (same result as max_pool2d)."""
-    k = 2 * radius + 1
-    x = F.max_pool2d(x[:, None], kernel_size=(1, k), stride=1, padding=(0, radius))
-    x = F.max_pool2d(x, kernel_size=(k, 1), stride=1, padding=(radius, 0))
-    return x[:, 0]
+# INT8 SuperPoint (ONNX Runtime, CPU): QDQ, per-channel int8 weights, uint8 activations with
+# percentile ranges; the first convolution (raw pixels) and the descriptor head's last one stay
+# fp32. See `superpoint_calibration` for the calibration set; measurements in ARCHITECTURE.md.
+SUPERPOINT_INT8 = Int8Settings(
+    method="percentile", percentile=99.99, exclude=("/conv1a/Conv", "/convDb/Conv")
+)
+CALIBRATION_SIZE = (640, 480)
+CALIBRATION_SYNTHETIC = {"seeds": (0, 1, 2), "frames": 6}  # rooms of `datasets.synthetic`
+CALIBRATION_VERSION = 1
 
 
-def simple_nms(scores: torch.Tensor, nms_radius: int) -> torch.Tensor:
-    """Max-pool non-maximum suppression of (B, H, W) scores (as in SuperGlue); zeros elsewhere.
+def superpoint_calibration(folder: str | Path | None = None) -> Calibration:
+    """The INT8 calibration set: frames of synthetic rooms (`datasets.synthetic`, procedural
+    textures, fixed seeds) plus the photos in `folder` (sorted, if given), all at 640x480 gray.
 
-    Batched torch version, used by `postprocess_torch` (the GPU path); on CPU the extractor
-    uses `simple_nms_np`, which is much faster there.
+    Identity: the synthetic settings plus each photo's name and SHA-256 (photos are read and
+    rendered only when the INT8 model is built).
     """
-    if nms_radius <= 0:
-        return scores
-    zeros = torch.zeros_like(scores)
-    max_mask = scores == _max_pool(scores, nms_radius)
-    for _ in range(2):
-        supp_mask = _max_pool(max_mask.float(), nms_radius) > 0
-        supp_scores = torch.where(supp_mask, zeros, scores)
-        new_max_mask = supp_scores == _max_pool(supp_scores, nms_radius)
-        max_mask = max_mask | (new_max_mask & (~supp_mask))
-    return torch.where(max_mask, scores, zeros)
+    photos = _calibration_photos(folder)
+    ident = {
+        "version": CALIBRATION_VERSION,
+        "size": CALIBRATION_SIZE,
+        "synthetic": CALIBRATION_SYNTHETIC,
+        "photos": [[p.name, file_sha256(p)] for p in photos],
+    }
+    text = json.dumps(ident, sort_keys=True)
+
+    def feeds() -> Iterator[dict[str, np.ndarray]]:
+        for image in _calibration_images(photos):
+            gray = to_grayscale(image).astype(np.float32) / np.float32(255.0)
+            yield {"image": gray[None, None]}
+
+    return Calibration(identity=hashlib.sha256(text.encode()).hexdigest(), feeds=feeds)
+
+
+def _calibration_photos(folder: str | Path | None) -> list[Path]:
+    if folder is None or str(folder) == "":
+        return []
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"INT8 calibration folder {folder} does not exist")
+    from ..datasets.synthetic import IMAGE_EXTENSIONS
+
+    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not photos:
+        raise ValueError(f"INT8 calibration folder {folder} holds no images")
+    return photos
+
+
+def _calibration_images(photos: list[Path]) -> Iterator[np.ndarray]:
+    from ..datasets.synthetic import SceneConfig, build_scene, make_trajectories
+
+    width, height = CALIBRATION_SIZE
+    config = SceneConfig(
+        width=width,
+        height=height,
+        num_map=CALIBRATION_SYNTHETIC["frames"],
+        num_queries=0,
+        num_points=0,
+    )
+    for seed in CALIBRATION_SYNTHETIC["seeds"]:
+        scene = build_scene(config, seed)
+        for pose in make_trajectories(config, seed)["mapping"]:
+            yield scene.render(config.camera(), pose)["image"]
+    for path in photos:
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise ValueError(f"could not read calibration image {path}")
+        yield cv2.resize(image, CALIBRATION_SIZE, interpolation=cv2.INTER_AREA)
+
+
+def sample_descriptors_np(keypoints: np.ndarray, dense: np.ndarray) -> np.ndarray:
+    """`superpoint_torch.sample_descriptors` in numpy: bilinear (border-clamped) sampling of
+    (N, 2) pixel keypoints from a (D, h, w) map of stride 8, L2-normalized (N, D) float32."""
+    d, h, w = dense.shape
+    if keypoints.shape[0] == 0:
+        return np.zeros((0, d), np.float32)
+    x = np.clip((keypoints[:, 0].astype(np.float32) + 0.5) / STRIDE - 0.5, 0, w - 1)
+    y = np.clip((keypoints[:, 1].astype(np.float32) + 0.5) / STRIDE - 0.5, 0, h - 1)
+    x0 = np.floor(x).astype(np.int64)
+    y0 = np.floor(y).astype(np.int64)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    ax, ay = x - x0, y - y0
+    flat = dense.reshape(d, h * w)
+    desc = (
+        flat[:, y0 * w + x0] * ((1 - ax) * (1 - ay))
+        + flat[:, y0 * w + x1] * (ax * (1 - ay))
+        + flat[:, y1 * w + x0] * ((1 - ax) * ay)
+        + flat[:, y1 * w + x1] * (ax * ay)
+    ).T
+    norm = np.linalg.norm(desc, axis=1, keepdims=True)
+    return np.ascontiguousarray(desc / np.maximum(norm, 1e-12), dtype=np.float32)
 
 
 def simple_nms_np(scores: np.ndarray, nms_radius: int) -> np.ndarray:
@@ -229,104 +208,6 @@ def simple_nms_np(scores: np.ndarray, nms_radius: int) -> np.ndarray:
         new_max_mask = supp_scores == cv2.dilate(supp_scores, kernel)
         max_mask |= new_max_mask & ~supp_mask
     return np.where(max_mask, scores, np.float32(0))
-
-
-def sample_descriptors(
-    keypoints: torch.Tensor, dense: torch.Tensor, stride: int = STRIDE
-) -> torch.Tensor:
-    """Bilinearly sample L2-normalized descriptors at pixel keypoints from a dense map.
-
-    Args:
-        keypoints: (N, 2) float (x, y) in pixels of the image the map was computed on
-            (pixel-centre convention).
-        dense: (D, h, w) descriptor map with cell (i, j) centred at pixel (stride*j + stride/2 - 0.5,
-            stride*i + stride/2 - 0.5).
-    Returns:
-        (N, D) float32 descriptors, L2-normalized.
-    """
-    d, h, w = dense.shape
-    if keypoints.shape[0] == 0:
-        return dense.new_zeros((0, d))
-    # align_corners=False maps this onto cell centres; scalar factors (no host -> device copy)
-    grid = torch.stack(
-        [
-            (keypoints[:, 0] + 0.5) * (2.0 / (w * stride)) - 1.0,
-            (keypoints[:, 1] + 0.5) * (2.0 / (h * stride)) - 1.0,
-        ],
-        dim=1,
-    )
-    desc = F.grid_sample(
-        dense[None],
-        grid[None, None].to(dense.dtype),
-        mode="bilinear",
-        align_corners=False,
-        padding_mode="border",
-    )  # (1, D, 1, N)
-    return F.normalize(desc[0, :, 0].t(), p=2.0, dim=1)
-
-
-def postprocess_torch(
-    scores: torch.Tensor,
-    dense: torch.Tensor,
-    *,
-    nms_radius: int = 4,
-    detection_threshold: float = 0.005,
-    max_keypoints: int = 1024,
-    remove_borders: int = 4,
-) -> dict[str, torch.Tensor]:
-    """SuperPoint post-processing in torch, on whatever device the network outputs are.
-
-    NMS (max-pool), border removal, threshold, top-k and bilinear descriptor sampling + L2 norm;
-    the same result as the extractor's numpy/OpenCV path (up to the order of equal scores). With
-    `max_keypoints` > 0 nothing here waits for the device: the top-k candidates are kept with a
-    `valid` mask instead of a data-dependent selection, so the caller can copy everything to the
-    host at once. With `max_keypoints` = -1 the threshold needs one synchronization (nonzero).
-
-    Args:
-        scores: (H, W) keypoint probabilities of the valid (unpadded) image area.
-        dense: (D, h, w) dense descriptors of the (padded) image, cell stride 8.
-        nms_radius, detection_threshold, max_keypoints, remove_borders: as `SuperPoint`.
-    Returns:
-        dict of tensors on the inputs' device, K = min(max_keypoints, H * W) candidates (all
-        thresholded pixels with max_keypoints = -1), sorted by decreasing score:
-        "keypoints" (K, 2) float32 (x, y) pixels; "scores" (K,) float32; "descriptors" (K, D)
-        float32 L2-normalized; "valid" (K,) bool, score > detection_threshold (a prefix).
-    """
-    if scores.ndim != 2:
-        raise ValueError(f"scores must have shape (H, W), got {tuple(scores.shape)}")
-    if dense.ndim != 3:
-        raise ValueError(f"dense must have shape (D, h, w), got {tuple(dense.shape)}")
-    if max_keypoints == 0 or max_keypoints < -1:
-        raise ValueError(f"max_keypoints must be -1 (all) or > 0, got {max_keypoints}")
-    w = scores.shape[1]
-    scores = scores.float()
-    if nms_radius > 0:
-        scores = simple_nms(scores[None], int(nms_radius))[0]  # a new tensor
-    else:
-        scores = scores.clone()
-    b = int(remove_borders)
-    if b > 0:
-        scores[:b] = 0
-        scores[-b:] = 0
-        scores[:, :b] = 0
-        scores[:, -b:] = 0
-    flat = scores.reshape(-1)
-    if max_keypoints > 0:
-        top_scores, index = flat.topk(min(int(max_keypoints), flat.numel()), sorted=True)
-        valid = top_scores > detection_threshold
-    else:
-        index = torch.nonzero(flat > detection_threshold).squeeze(1)  # row-major, as numpy
-        top_scores, order = flat[index].sort(descending=True, stable=True)
-        index = index[order]
-        valid = torch.ones_like(top_scores, dtype=torch.bool)
-    keypoints = torch.stack([index % w, torch.div(index, w, rounding_mode="floor")], 1).float()
-    descriptors = sample_descriptors(keypoints, dense.float())
-    return {
-        "keypoints": keypoints,
-        "scores": top_scores,
-        "descriptors": descriptors,
-        "valid": valid,
-    }
 
 
 def _resize_for(shape: tuple[int, int], resize_max: int | None) -> tuple[int, int] | None:
@@ -362,6 +243,11 @@ class SuperPoint(Extractor):
             runs on a GPU, numpy otherwise). With torch on a GPU the frame crosses from device to
             host once: one packed copy of (keypoints, scores, descriptors), plus the dense map
             only when `return_dense`.
+        precision: "fp32", or "int8" (ONNX Runtime on the CPU only: the statically quantized
+            network, built once from the fp32 ONNX file and cached, see `SUPERPOINT_INT8`). A
+            runtime option: int8 queries localize against maps built in fp32.
+        int8_calibration: folder of photos added to the synthetic INT8 calibration set (None:
+            synthetic frames only); part of the INT8 cache key.
         return_dense: also return the dense descriptor map (SuperGF-dense and dense GeM need it;
             SuperGF-sparse, VLAD and the matching do not). Neither this nor `postprocess` changes
             the sparse features, so both stay out of `identity()`.
@@ -386,9 +272,18 @@ class SuperPoint(Extractor):
         "onnx_cache_dir": None,
         "postprocess": "auto",
         "return_dense": True,
+        "precision": "fp32",
+        "int8_calibration": None,
     }
     # options that change how features are computed, not what they are (kept out of identity)
-    runtime_options = ("weights", "onnx_cache_dir", "postprocess", "return_dense")
+    runtime_options = (
+        "weights",
+        "onnx_cache_dir",
+        "postprocess",
+        "return_dense",
+        "precision",
+        "int8_calibration",
+    )
 
     def __init__(self, **conf: Any) -> None:
         super().__init__(**conf)
@@ -399,20 +294,35 @@ class SuperPoint(Extractor):
         self.backend = choice.backend
         self._check_conf()
         self.weights_path = resolve_weights(c["weights"])
-        self.net = load_superpoint_net(self.weights_path)
         self._sha256: str | None = None
-        self.device = torch.device(choice.device)
-        gpu = choice.backend != "tensorrt" and self.device.type == "cuda"
-        if gpu and not torch.cuda.is_available():
-            raise ValueError(f"device {choice.device!r} requested but CUDA is not available here")
+        self.device = choice.device
+        gpu = choice.backend == "torch" and choice.device_kind == "cuda"
+        if gpu:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(
+                    f"device {choice.device!r} requested but CUDA is not available here"
+                )
         max_side = int(c["resize_max"]) if c["resize_max"] is not None else 2048
-        spec = superpoint_spec(self.net, self.weights_sha256, profile=superpoint_profile(max_side))
-        self._runner = create_runner(spec, choice, onnx_cache_dir=c["onnx_cache_dir"])
+        self.spec = superpoint_spec(
+            self.weights_path,
+            self.weights_sha256,
+            profile=superpoint_profile(max_side),
+            calibration=superpoint_calibration(c["int8_calibration"]),
+        )
+        self._runner = create_runner(
+            self.spec, choice, onnx_cache_dir=c["onnx_cache_dir"], int8=c["precision"] == "int8"
+        )
         if c["postprocess"] == "auto":  # torch where the scores already are: on the GPU
-            on_gpu = choice.backend == "torch" and self.device.type == "cuda"
-            self.postprocess = "torch" if on_gpu else "numpy"
+            self.postprocess = "torch" if gpu else "numpy"
         else:
             self.postprocess = c["postprocess"]
+
+    @property
+    def net(self) -> Any:
+        """The torch SuperPointNet (loaded from the weights on first use)."""
+        return self.spec.module()
 
     def _check_conf(self) -> None:
         c = self.conf
@@ -428,6 +338,8 @@ class SuperPoint(Extractor):
             raise ValueError(
                 f"postprocess must be 'auto', 'numpy' or 'torch', got {c['postprocess']!r}"
             )
+        if c["precision"] not in PRECISIONS:
+            raise ValueError(f"precision must be 'fp32' or 'int8', got {c['precision']!r}")
         if not isinstance(c["return_dense"], bool):
             raise ValueError(f"return_dense must be True or False, got {c['return_dense']!r}")
 
@@ -445,13 +357,26 @@ class SuperPoint(Extractor):
         conf = {k: v for k, v in self.conf.items() if k not in self.runtime_options}
         return {"name": self.name, "config": conf, "weights_sha256": self.weights_sha256}
 
-    def run_network(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scores (B, H, W), dense (B, 256, H/8, W/8)) for a (B, 1, H, W) [0, 1] batch."""
+    def run_network(self, image: Any) -> tuple[Any, Any]:
+        """(scores (B, H, W), dense (B, 256, H/8, W/8)) for a (B, 1, H, W) [0, 1] batch: torch
+        tensors for a torch tensor (on the network's device with the torch backend), numpy
+        arrays for a numpy array."""
         runner = self._runner
         if isinstance(runner, TorchRunner):  # outputs stay on the device
-            out = runner.run_torch([image.to(runner.device)])
+            import torch
+
+            x = torch.as_tensor(image).to(runner.device)
+            out = runner.run_torch([x])
+            if isinstance(image, np.ndarray):
+                return tuple(out[k].float().cpu().numpy() for k in ("scores", "descriptors"))
             return out["scores"], out["descriptors"]
-        out = runner({"image": np.ascontiguousarray(image.cpu().numpy(), np.float32)})
+        as_numpy = isinstance(image, np.ndarray)
+        x = image if as_numpy else image.cpu().numpy()
+        out = runner({"image": np.ascontiguousarray(x, np.float32)})
+        if as_numpy:
+            return out["scores"], out["descriptors"]
+        import torch
+
         return torch.from_numpy(out["scores"]), torch.from_numpy(out["descriptors"])
 
     def _extract(self, image: np.ndarray) -> LocalFeatures:
@@ -463,27 +388,23 @@ class SuperPoint(Extractor):
             gray = cv2.resize(gray, new_size, interpolation=cv2.INTER_AREA)
         h, w = gray.shape
         pad_h, pad_w = (-h) % STRIDE, (-w) % STRIDE
-
-        with torch.inference_mode():
-            x = torch.from_numpy(gray).to(torch.float32).div_(255.0)[None, None]
-            if pad_h or pad_w:  # replicate-pad right/bottom; the padded area is ignored below
-                x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        x = gray.astype(np.float32) / np.float32(255.0)
+        if pad_h or pad_w:  # replicate-pad right/bottom; the padded area is ignored below
+            x = np.pad(x, ((0, pad_h), (0, pad_w)), mode="edge")
+        x = x[None, None]
+        on_device = None
+        if self.postprocess == "torch":
+            keypoints, kp_scores, descriptors, on_device, dense_np = self._postprocess_torch(
+                x, h, w
+            )
+        else:
             scores, dense = self.run_network(x)
-            on_device = None
-            dense_host = None
-            if self.postprocess == "torch":
-                keypoints, kp_scores, descriptors, on_device = self._postprocess_torch(
-                    scores[0, :h, :w], dense[0]
-                )
-                if c["return_dense"]:  # the only other device -> host copy
-                    dense_host = dense[0].to("cpu", torch.float32).contiguous()
-            else:
-                dense_host = dense[0].to("cpu", torch.float32).contiguous()
-                keypoints, kp_scores, descriptors = self._postprocess_numpy(
-                    scores[0, :h, :w].to("cpu", torch.float32).numpy(), dense_host
-                )
-            dense_np = dense_host.numpy() if c["return_dense"] else None
-
+            dense_np = np.ascontiguousarray(dense[0], dtype=np.float32)
+            keypoints, kp_scores, descriptors = self._postprocess_numpy(
+                np.array(scores[0, :h, :w], dtype=np.float32), dense_np
+            )
+            if not c["return_dense"]:
+                dense_np = None
         scale = (in_w / w, in_h / h)
         if new_size is not None:
             keypoints = (keypoints + 0.5) * np.array(scale, dtype=np.float32) - 0.5
@@ -502,7 +423,7 @@ class SuperPoint(Extractor):
         )
 
     def _postprocess_numpy(
-        self, scores: np.ndarray, dense: torch.Tensor
+        self, scores: np.ndarray, dense: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(keypoints (N, 2), scores (N,), descriptors (N, 256)) with OpenCV/numpy on the host.
 
@@ -525,28 +446,38 @@ class SuperPoint(Extractor):
         order = np.argsort(-kp_scores, kind="stable")
         keypoints = np.stack([cols[order], rows[order]], axis=1).astype(np.float32)
         kp_scores = kp_scores[order]
-        descriptors = sample_descriptors(torch.from_numpy(keypoints), dense).numpy()
+        descriptors = sample_descriptors_np(keypoints, dense)
         return keypoints, kp_scores, descriptors
 
     def _postprocess_torch(
-        self, scores: torch.Tensor, dense: torch.Tensor
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
-        """`postprocess_torch` where the tensors are, then ONE packed device -> host copy; the
-        last item is the (N, D) descriptors left on the device."""
+        self, x: np.ndarray, h: int, w: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, np.ndarray | None]:
+        """Network and `postprocess_torch` where the tensors are, then ONE packed device -> host
+        copy (plus the dense map when `return_dense`): keypoints, scores, descriptors, the (N, D)
+        descriptors left on the device, the host dense map or None."""
+        import torch
+
+        from .superpoint_torch import postprocess_torch
+
         c = self.conf
-        out = postprocess_torch(
-            scores,
-            dense,
-            nms_radius=int(c["nms_radius"]),
-            detection_threshold=float(c["detection_threshold"]),
-            max_keypoints=int(c["max_keypoints"]),
-            remove_borders=int(c["remove_borders"]),
-        )
-        columns = [out["keypoints"], out["scores"][:, None], out["valid"][:, None].float()]
-        packed = torch.cat([*columns, out["descriptors"]], dim=1)  # (K, 2 + 1 + 1 + D)
-        host = packed.cpu().numpy()
+        with torch.inference_mode():
+            scores, dense = self.run_network(torch.from_numpy(x))
+            out = postprocess_torch(
+                scores[0, :h, :w],
+                dense[0],
+                nms_radius=int(c["nms_radius"]),
+                detection_threshold=float(c["detection_threshold"]),
+                max_keypoints=int(c["max_keypoints"]),
+                remove_borders=int(c["remove_borders"]),
+            )
+            columns = [out["keypoints"], out["scores"][:, None], out["valid"][:, None].float()]
+            packed = torch.cat([*columns, out["descriptors"]], dim=1)  # (K, 2 + 1 + 1 + D)
+            host = packed.cpu().numpy()
+            dense_np = None
+            if c["return_dense"]:  # the only other device -> host copy
+                dense_np = dense[0].to("cpu", torch.float32).contiguous().numpy()
         n = int(np.count_nonzero(host[:, 3]))  # valid candidates are a prefix
         keypoints = np.ascontiguousarray(host[:n, :2])
         kp_scores = np.ascontiguousarray(host[:n, 2])
         descriptors = np.ascontiguousarray(host[:n, 4:])
-        return keypoints, kp_scores, descriptors, out["descriptors"][:n]
+        return keypoints, kp_scores, descriptors, out["descriptors"][:n], dense_np

@@ -121,16 +121,7 @@ def probe_capabilities() -> Capabilities:
     except ImportError as err:
         notes["onnxruntime"] = f"import onnxruntime failed: {err}"
 
-    torch_version, torch_cuda = None, False
-    try:
-        import torch
-
-        torch_version = str(torch.__version__)
-        torch_cuda = bool(torch.cuda.is_available())
-        if not torch_cuda:
-            notes["torch_cuda"] = f"torch {torch_version} reports no CUDA device"
-    except ImportError as err:
-        notes["torch"] = f"import torch failed: {err}"
+    torch_version, torch_cuda = _probe_torch(cuda_devices, notes)
     return Capabilities(
         cuda_devices=cuda_devices,
         gpu_names=gpu_names,
@@ -141,6 +132,33 @@ def probe_capabilities() -> Capabilities:
         torch_cuda=torch_cuda,
         notes=notes,
     )
+
+
+def _probe_torch(cuda_devices: int, notes: dict[str, str]) -> tuple[str | None, bool]:
+    """(torch version, whether torch sees CUDA). Without a CUDA device torch is not imported
+    (its version comes from the package metadata): a CPU process on ONNX Runtime stays lean."""
+    if importlib.util.find_spec("torch") is None:
+        notes["torch"] = "import torch failed: Python package 'torch' is not installed"
+        return None, False
+    if cuda_devices == 0:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            torch_version = version("torch")
+        except PackageNotFoundError:
+            torch_version = "unknown"
+        notes["torch_cuda"] = f"torch {torch_version}: no CUDA device"
+        return torch_version, False
+    try:
+        import torch
+    except ImportError as err:
+        notes["torch"] = f"import torch failed: {err}"
+        return None, False
+    torch_version = str(torch.__version__)
+    torch_cuda = bool(torch.cuda.is_available())
+    if not torch_cuda:
+        notes["torch_cuda"] = f"torch {torch_version} reports no CUDA device"
+    return torch_version, torch_cuda
 
 
 def available_backends(capabilities: Capabilities | None = None) -> dict[str, str]:
@@ -337,14 +355,21 @@ def create_runner(
     engine_cache_dir: str | Path | None = None,
     workspace_bytes: int | None = None,
     capabilities: Capabilities | None = None,
+    int8: bool = False,
 ) -> Runner:
     """The runner for `spec` on `backend` (a `BackendChoice`, used as is, or names for
     `select_backend`); exported ONNX files go to `onnx_cache_dir`, TensorRT engines to
-    `engine_cache_dir` (default `engine_cache.default_engine_dir()`)."""
+    `engine_cache_dir` (default `engine_cache.default_engine_dir()`).
+
+    `int8`: run the spec's INT8 model (`ModelSpec.export_int8`); ONNX Runtime on CPU only, so
+    ValueError for any other choice (nothing picks INT8 unless asked).
+    """
     if isinstance(backend, BackendChoice):
         choice = backend
     else:
         choice = select_backend(backend, device, precision, capabilities=capabilities)
+    if int8:
+        return _int8_runner(spec, choice, onnx_cache_dir)
     start = time.perf_counter()
     if choice.backend == "torch":
         runner: Runner = TorchRunner(
@@ -378,6 +403,24 @@ def create_runner(
         )
     else:  # pragma: no cover - select_backend only returns known names
         raise ValueError(f"unknown backend {choice.backend!r}")
+    runner.choice = choice
+    logger.info(
+        "%s runner ready: %s (%.2f s)", spec.name, runner.describe(), time.perf_counter() - start
+    )
+    return runner
+
+
+def _int8_runner(spec: ModelSpec, choice: BackendChoice, cache_dir: str | Path | None) -> Runner:
+    """ONNX Runtime CPU runner of the spec's INT8 model."""
+    if choice.backend != "onnxruntime" or choice.device_kind != "cpu":
+        raise ValueError(
+            f"precision 'int8' runs on ONNX Runtime on the CPU only, but the backend is "
+            f"{choice.backend} on {choice.device} ({choice.reason}); use backend 'onnxruntime' "
+            "and device 'cpu', or precision 'fp32'"
+        )
+    start = time.perf_counter()
+    runner = OrtRunner(spec.export_int8(cache_dir), device="cpu")
+    runner.precision = "int8"
     runner.choice = choice
     logger.info(
         "%s runner ready: %s (%.2f s)", spec.name, runner.describe(), time.perf_counter() - start

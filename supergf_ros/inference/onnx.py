@@ -94,12 +94,7 @@ def cached_export(
     `key` must identify the weights and config (e.g. a SHA-256 over both): a different model must
     never map to the same file. `cache_dir` defaults to `default_cache_dir()`.
     """
-    if not key:
-        raise ValueError("cached_export needs a non-empty key (hash of weights and config)")
-    if not name or "/" in name or os.sep in name:
-        raise ValueError(f"invalid ONNX cache name {name!r}")
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = folder / f"{name}-{key[:16]}.onnx"
+    path = cached_onnx_path(name, key, cache_dir)
     if path.exists() and path.stat().st_size > 0:
         return path
     return export_onnx(
@@ -111,6 +106,16 @@ def cached_export(
         dynamic_axes=dynamic_axes,
         opset=opset,
     )
+
+
+def cached_onnx_path(name: str, key: str, cache_dir: str | Path | None = None) -> Path:
+    """Where `cached_export` keeps the ONNX file of (name, key); finding it needs no torch."""
+    if not key:
+        raise ValueError("cached_export needs a non-empty key (hash of weights and config)")
+    if not name or "/" in name or os.sep in name:
+        raise ValueError(f"invalid ONNX cache name {name!r}")
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return folder / f"{name}-{key[:16]}.onnx"
 
 
 ORT_THREADS_ENV = "SUPERGF_ORT_THREADS"

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from .onnx import cached_export, export_onnx
+from .onnx import cached_export, cached_onnx_path, export_onnx
+from .quantize import Calibration, Int8Settings, cached_int8
 
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]
@@ -35,6 +36,8 @@ class ModelSpec:
         key: identifies weights and config; names the cached ONNX file.
         profile: TensorRT optimization profile {input name: (min, opt, max) shapes}.
         channels_last: PyTorch runs a channels_last copy (faster oneDNN convolutions on CPU).
+        calibration / int8_settings: the calibration set and quantization settings of the INT8
+            ONNX Runtime model (`export_int8`); None: the network has no INT8 version.
     """
 
     name: str
@@ -46,6 +49,8 @@ class ModelSpec:
     key: str
     profile: Profile = field(default_factory=dict)
     channels_last: bool = False
+    calibration: Calibration | None = None
+    int8_settings: Int8Settings | None = None
     _module: Any = field(default=None, repr=False)
 
     def module(self) -> Any:
@@ -55,9 +60,23 @@ class ModelSpec:
         return self._module
 
     def export_onnx(self, cache_dir: str | Path | None = None) -> Path:
-        """Export once per (name, key) into `cache_dir` (default: the ONNX cache); the file."""
+        """Export once per (name, key) into `cache_dir` (default: the ONNX cache); the file.
+
+        A cached file is found without building the module (no torch import, no weights read).
+        """
+        path = cached_onnx_path(self.name, self.key, cache_dir)
+        if path.exists() and path.stat().st_size > 0:
+            return path
         return cached_export(
             self.module(), self.name, self.key, self._examples(), cache_dir=cache_dir, **self._io()
+        )
+
+    def export_int8(self, cache_dir: str | Path | None = None) -> Path:
+        """The INT8 (QDQ) model for ONNX Runtime on CPU, quantized once from `export_onnx`."""
+        if self.calibration is None:
+            raise ValueError(f"model {self.name!r} has no INT8 version (no calibration set)")
+        return cached_int8(
+            self.export_onnx(cache_dir), self.calibration, self.int8_settings, cache_dir
         )
 
     def write_onnx(self, path: str | Path) -> Path:

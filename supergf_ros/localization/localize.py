@@ -87,6 +87,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--superpoint-weights", type=Path, help=opt["superpoint_weights"].description)
     p.add_argument("--supergf-weights", type=Path, help=opt["supergf_weights"].description)
+    p.add_argument(
+        "--superpoint-precision",
+        choices=opt["superpoint_precision"].choices,
+        default=opt["superpoint_precision"].default,
+        help=opt["superpoint_precision"].description,
+    )
+    p.add_argument(
+        "--superpoint-int8-calibration",
+        type=Path,
+        help=opt["superpoint_int8_calibration"].description,
+    )
     from ..mapping.build_map import add_backend_arguments
 
     add_backend_arguments(p)
@@ -114,6 +125,9 @@ def localizer_conf_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "ransac_max_error_px": args.ransac_max_error,
         "superpoint_weights": args.superpoint_weights and str(args.superpoint_weights),
         "supergf_weights": args.supergf_weights and str(args.supergf_weights),
+        "superpoint_precision": args.superpoint_precision,
+        "superpoint_int8_calibration": args.superpoint_int8_calibration
+        and str(args.superpoint_int8_calibration),
         "backend": args.backend,
         "device": args.device,
         "match_3d_only": not args.match_all_keypoints,

@@ -260,6 +260,8 @@ class Localizer:
                 conf["resize_max"] = int(self.conf["resize_max"])
             # the dense map is a second device -> host copy: only when retrieval reads it
             conf["return_dense"] = needs_dense
+            conf["precision"] = self.conf["superpoint_precision"]
+            conf["int8_calibration"] = self.conf["superpoint_int8_calibration"]
         if self.conf["max_keypoints"] is not None:
             conf["max_keypoints"] = int(self.conf["max_keypoints"])
         extractor = create_extractor(name, **conf)

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-from .checkpoint import (
-    build_model,
-    default_weights_path,
-    load_checkpoint,
-    save_checkpoint,
-)
-from .supergf import SuperGFBase, SuperGFDense, SuperGFSparse
+from typing import Any
 
 __all__ = [
     "SuperGFBase",
@@ -23,9 +17,23 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in ("create_aggregator", "available_global_descriptors", "GlobalAggregator"):
-        from . import aggregators
+_LAZY = {  # imported on first use: the SuperGF modules import torch, the aggregators do not
+    "SuperGFBase": "supergf",
+    "SuperGFDense": "supergf",
+    "SuperGFSparse": "supergf",
+    "build_model": "checkpoint",
+    "default_weights_path": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "create_aggregator": "aggregators",
+    "available_global_descriptors": "aggregators",
+    "GlobalAggregator": "aggregators",
+}
 
-        return getattr(aggregators, name)
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(name)

@@ -21,8 +21,6 @@ import numpy as np
 
 from ..features.base import LocalFeatures
 from ..inference.backends import create_runner, resolve_backend
-from .checkpoint import default_weights_path, load_checkpoint, model_key
-from .spec import supergf_spec
 
 FEATURE_DIMS = {"superpoint": 256, "sift": 128}
 COMMON_CONF: dict[str, Any] = {"features": "superpoint", "input_dim": None}
@@ -160,11 +158,18 @@ class SuperGFAggregator(GlobalAggregator):
             self.model = self.model.cpu()  # ONNX export runs on the CPU
         if choice.backend == "tensorrt":
             self.max_batch = 1  # engines are built for batch 1 (bounded memory on a Jetson)
+        from .spec import supergf_spec
+
         spec = supergf_spec(self.model, self.weights_sha256)
         self._runner = create_runner(spec, choice, onnx_cache_dir=c["onnx_cache_dir"])
 
     def _load_model(self) -> None:
-        """`model` (eval), `weights_sha256` and `weights_path` from conf `model` or `weights`."""
+        """`model` (eval), `weights_sha256` and `weights_path` from conf `model` or `weights`.
+
+        SuperGF is a torch model (its checkpoints are torch files): this imports torch, also
+        with ONNX Runtime; the training-free aggregators (VLAD, GeM) never do."""
+        from .checkpoint import default_weights_path, load_checkpoint, model_key
+
         c = self.conf
         if c["model"] is not None:
             self.model = c["model"].eval()
@@ -519,6 +524,8 @@ def available_global_descriptors(features: str = "superpoint") -> list[str]:
         raise ValueError(
             f"unknown local features '{features}'; choose one of {sorted(FEATURE_DIMS)}"
         )
+    from .checkpoint import default_weights_path
+
     shipped = {
         f"supergf-{v}" for v in ("sparse", "dense") if default_weights_path(v, features).is_file()
     }
