@@ -267,6 +267,8 @@ def _build_maps(data: dict, work: Path, conf: dict, weights: str, progress: bool
             features="superpoint",
             extractor_conf=extractor_conf,
             global_name=global_name,
+            # hloc keeps every keypoint's descriptor (the baseline matches them all)
+            conf={"format_version": 2} if key == "baseline" else None,
             backend="auto",  # map building is not timed; the map does not depend on it
             progress=progress,
         )
