@@ -25,6 +25,7 @@ def test_make_bag_writes_mcap_with_source_and_reference_poses(cache_dir, tmp_pat
     from rosbags.typesys import Stores, get_typestore
 
     from supergf_ros.ros.make_bag import make_bag, read_source
+    from supergf_ros.ros.robot_bag import RobotOptions
 
     scene = synthetic_sift_map(cache_dir)
     names = scene["queries"][:3]
@@ -34,13 +35,15 @@ def test_make_bag_writes_mcap_with_source_and_reference_poses(cache_dir, tmp_pat
         image_names=names,
         rate_hz=4.0,
         encoding="bgr8",
+        robot=RobotOptions(odometry=False),
         progress=False,
     )
     assert summary["num_frames"] == 3 and summary["has_poses"]
+    assert not summary["has_odometry"]
     assert summary["duration_s"] == pytest.approx(0.5)
     ts = get_typestore(Stores.ROS2_KILTED)
     with Reader(tmp_path / "b") as reader:
-        assert reader.message_count == 6
+        assert reader.message_count == 7  # image + info per frame, one /tf_static
         assert reader.connections[0].msgtype == "sensor_msgs/msg/Image"
         conn = reader.connections[0]
         stamps = []
@@ -88,6 +91,12 @@ def test_replay_at_rate_drops_frames_and_reports(cache_dir, tmp_path):
     assert r["frames_processed"] + r["frames_dropped"] == r["frames_in"]
     assert r["frames_localized"] >= 1 and r["node_exit_code"] == 0
     assert Path(r["trajectory_png"]).read_bytes()[:4] == b"\x89PNG"
+    # the bag carries a robot (the scene has poses): TF, odometry; the node publishes base_pose
+    assert r["time_to_first_fix_s"] > 0 and r["fixes"] >= 1
+    assert r["base_poses"] >= r["fixes"] and r["map_to_odom_count"] >= 1
+    assert set(r["base_pose_recall"]) == {"0.5m_2deg", "0.25m_2deg"}
+    assert r["wrong_fixes_1m"] == 0 and r["jumps"] == 0
+    assert Path(r["base_trajectory_png"]).read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow
