@@ -96,7 +96,8 @@ def test_replay_at_rate_drops_frames_and_reports(cache_dir, tmp_path):
     assert r["time_to_first_fix_s"] > 0 and r["fixes"] >= 1
     assert r["base_poses"] >= r["fixes"] and r["map_to_odom_count"] >= 1
     assert set(r["base_pose_recall"]) == {"0.5m_2deg", "0.25m_2deg"}
-    assert r["wrong_fixes_1m"] == 0 and r["jumps"] == 0
+    assert r["wrong_fixes_1m"] == 0  # (no check of jumps: the scene's queries are 4 m apart,
+    # 120 m/s at 30 Hz, so odometry a sample off the image stamp is metres off)
     assert Path(r["base_trajectory_png"]).read_bytes()[:4] == b"\x89PNG"
 
 
