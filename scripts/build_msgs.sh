@@ -3,7 +3,11 @@
 # colcon + ament_cmake against the ROS 2 wheels of a virtual environment, and install it into that
 # environment so that `import supergf_ros_msgs.msg` works from its python and console scripts.
 #
-# Usage: scripts/build_msgs.sh [VENV]   (default .venv; run from anywhere)
+# Usage: scripts/build_msgs.sh [VENV] [ROS2_SOURCES]   (defaults .venv and ../shared/vendor/ros2,
+#        relative to the repository root; run from anywhere)
+#
+# With ROS2_SOURCES present (the upstream ROS 2 tool sources, see scripts/install_ros2_tools.sh),
+# its interface package composition_interfaces, which launch_ros imports, is built too.
 #
 # The ROS 2 wheels' CMake export files hard-code the wheel builder's include paths
 # (/opt/python/cpXY-cpXY/include/pythonX.Y and its numpy include directory); they are rewritten to
@@ -12,6 +16,8 @@ set -eo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$(cd "${1:-$ROOT/.venv}" && pwd)"
+ROS2_SOURCES="${2:-$ROOT/../shared/vendor/ros2}"
+[ -d "$ROS2_SOURCES" ] && ROS2_SOURCES="$(cd "$ROS2_SOURCES" && pwd)"
 PY="$VENV/bin/python"
 BUILD_BASE="$ROOT/build/msgs"
 
@@ -61,6 +67,13 @@ BASE_PATHS=(supergf_ros_msgs)
 if ! "$PY" -c "import tf2_msgs.msg" 2>/dev/null || [ -f "$BUILD_BASE/tf2_msgs/CMakeCache.txt" ]; then
     BASE_PATHS+=(scripts/vendor/tf2_msgs)
 fi
+#    composition_interfaces for launch_ros, when its sources are there (colcon reads the source
+#    folder only: builds go to --build-base, so a read-only folder is fine).
+CHECK="from supergf_ros_msgs.msg import LocalizationStatus; from tf2_msgs.msg import TFMessage"
+if [ -f "$ROS2_SOURCES/composition_interfaces/package.xml" ]; then
+    BASE_PATHS+=("$(cd "$ROS2_SOURCES/composition_interfaces" && pwd)")
+    CHECK="$CHECK; from composition_interfaces.srv import LoadNode"
+fi
 "$VENV/bin/colcon" --log-base "$BUILD_BASE/log" build \
     --base-paths "${BASE_PATHS[@]}" \
     --build-base "$BUILD_BASE" \
@@ -69,8 +82,8 @@ fi
     --cmake-args -DPython3_EXECUTABLE="$PY" -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release
 
 # 3. Check from a fresh interpreter of the environment.
-"$PY" -c "from supergf_ros_msgs.msg import LocalizationStatus; from tf2_msgs.msg import TFMessage" || {
+"$PY" -c "$CHECK" || {
     echo "build_msgs: built, but the generated messages do not import" >&2
     exit 1
 }
-echo "build_msgs: supergf_ros_msgs installed into $VENV in $(( $(date +%s) - start )) s"
+echo "build_msgs: ${BASE_PATHS[*]##*/} installed into $VENV in $(( $(date +%s) - start )) s"

@@ -66,8 +66,10 @@ class Harness:
         self.stamp += 1
         return self.stamp * 1_000_000
 
+    image_type = Image  # or CompressedImage, with its fields
+
     def image_msg(self, fields: dict, stamp_ns: int) -> Image:
-        msg = Image(**{k: v for k, v in fields.items() if k != "data"})
+        msg = self.image_type(**{k: v for k, v in fields.items() if k != "data"})
         msg.data = fields["data"]
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
         msg.header.frame_id = "camera"
@@ -392,3 +394,75 @@ def test_integer_for_a_float_parameter_is_accepted(harness):
         assert _set_parameter(harness, "max_rate_hz", 0.0).successful
     refused = _set_parameter(harness, "max_rate_hz", "fast")
     assert not refused.successful
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_huge_frame_is_downscaled_not_a_memory_spike(harness):
+    import cv2
+
+    image, camera, gt = _query(harness.scene, 2)
+    harness.send_camera_info(camera)
+    st = harness.send(numpy_to_image_fields(image, "rgb8"))
+    before = _peak_rss_mb(harness.proc.pid)
+    factor = 4096 / image.shape[1]  # a camera switched to 4096 px wide
+    big = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_LINEAR)
+    harness.send_camera_info(camera.scaled(big.shape[1] / image.shape[1]))
+    # mono8 keeps the 12.6 MB message within one shared-memory segment of the test transport
+    st = harness.send(numpy_to_image_fields(big, "mono8"), timeout=120.0)
+    after = _peak_rss_mb(harness.proc.pid)
+    assert after - before <= 300.0, (before, after)
+    assert st.success, st.failure_reason
+    pose = harness.poses[-1].pose
+    assert np.linalg.norm(ros_to_pose(pose.position, pose.orientation).center - gt.center) < 0.1
+    harness.send_camera_info(camera)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"width": 1, "height": 1}, "1x1"),
+        ({"width": 640, "height": 240}, "aspect ratios differ"),
+        ({"d": np.array([1e9, 0.0, 0.0, 0.0, 0.0])}, "distortion"),
+        ({"k": np.array([1e6, 0.0, 160.0, 0.0, 1e6, 120.0, 0.0, 0.0, 1.0])}, "focal length"),
+    ],
+    ids=["1x1-camera-info", "other-aspect", "huge-distortion", "implausible-focal"],
+)
+def test_implausible_camera_info_publishes_no_pose(harness, change, reason):
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    image, camera, _ = _query(harness.scene, 1)
+    fields = {**camera_to_camera_info_fields(camera), **change}
+    for _ in range(3):
+        harness.info_pub.publish(CameraInfo(**fields))
+    wait_until(lambda: False, 0.3)
+    poses_before = len(harness.poses)
+    st = harness.send(numpy_to_image_fields(image, "rgb8"))
+    assert not st.success and reason in st.failure_reason, st.failure_reason
+    assert wait_until(
+        lambda: any(
+            d.status
+            and d.status[0].level >= DiagnosticStatus.WARN
+            and reason in d.status[0].message
+            for d in list(harness.diag)[-3:]
+        ),
+        5.0,
+    )
+    assert len(harness.poses) == poses_before
+    harness.send_camera_info(camera)  # a valid CameraInfo heals it
+    wait_until(lambda: False, 0.3)
+    assert harness.send(numpy_to_image_fields(image, "rgb8")).success
+
+
+def test_echoed_text_is_bounded(harness):
+    fields = {
+        **numpy_to_image_fields(np.zeros((32, 32), np.uint8), "mono8"),
+        "encoding": "x" * 100_000,
+    }
+    st = harness.send(fields)
+    assert not st.success and len(st.failure_reason) <= 400

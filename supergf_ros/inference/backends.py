@@ -315,7 +315,7 @@ def _first_available(
         else:
             reason = f"auto: {why}" + ("; skipped " + ", ".join(skipped) if skipped else "")
         return BackendChoice(name, device, precision, reason)
-    what = f"backend {backend!r}" if backend != "auto" else "no backend"
+    what = f"backend {backend!r}" if backend != "auto" else "a backend"
     if dev.kind != "auto":
         what += f" on device {dev.name!r}"
     if precision == "fp16":

@@ -65,6 +65,15 @@ OPTIONS: dict[str, Option] = {
     "resize_max": Option(
         None, int, "Longer query side in px; 0: as the map was built.", bounds=(16, 8192), off=0
     ),
+    "max_image_pixels": Option(
+        None,
+        int,
+        "Larger query images are downscaled to this many pixels before extraction (memory and "
+        "time stay bounded when a camera switches resolution); 0: the map's largest keyframe.",
+        True,
+        (4096, 400_000_000),
+        off=0,
+    ),
     "superpoint_weights": Option(
         None,
         str,

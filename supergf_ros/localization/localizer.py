@@ -305,6 +305,7 @@ class Localizer:
                 f"image is {w}x{h} but the camera is {camera.width}x{camera.height}; "
                 "scale the camera with Camera.scaled() to the image size"
             )
+        image, camera = self._within_pixel_budget(image, camera)
         t0 = time.perf_counter()
         features = self.extractor.extract(image)
         t_extract = (time.perf_counter() - t0) * 1e3
@@ -312,6 +313,20 @@ class Localizer:
         result.timings_ms["extract"] = t_extract
         result.timings_ms["total"] += t_extract
         return result
+
+    def _within_pixel_budget(self, image: np.ndarray, camera: Camera) -> tuple[np.ndarray, Camera]:
+        """`image` and `camera` downscaled (area filter) to at most `max_image_pixels`."""
+        budget = self.conf["max_image_pixels"] or max(c.width * c.height for c in self.map.cameras)
+        h, w = image.shape[:2]
+        if h * w <= budget:
+            return image, camera
+        import cv2
+
+        scale = (budget / (h * w)) ** 0.5  # isotropic: every camera model scales this way
+        small = cv2.resize(
+            image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA
+        )
+        return small, camera.scaled(scale)
 
     def localize_features(
         self,

@@ -145,8 +145,17 @@ class MapData:
 
     def validate(self) -> MapData:
         """Check internal consistency; raise MapFormatError saying what was expected and found."""
-        err = MapFormatError
         k = len(self.keyframe_names)
+        self._check_keyframes(k)
+        m = int(self.keypoints.shape[0]) if self.keypoints.ndim >= 1 else -1
+        self._check_offsets(k, m)
+        p = self._check_shapes(m)
+        self._check_contents(k, m, p)
+        self._check_identities()
+        return self
+
+    def _check_keyframes(self, k: int) -> None:
+        err = MapFormatError
         if k == 0:
             raise err("map has no keyframes")
         if len(set(self.keyframe_names)) != k:
@@ -157,8 +166,10 @@ class MapData:
                 f"map: {k} keyframes need {k} cameras and {k} poses; found "
                 f"{len(self.cameras)} cameras and {len(self.cam_from_world)} poses"
             )
+
+    def _check_offsets(self, k: int, m: int) -> None:
+        err = MapFormatError
         off = np.asarray(self.keypoint_offsets)
-        m = int(self.keypoints.shape[0]) if self.keypoints.ndim >= 1 else -1
         if off.ndim != 1 or off.shape[0] != k + 1:
             raise err(
                 f"map: keypoint_offsets must have {k + 1} entries ({k} keyframes + 1); "
@@ -180,6 +191,10 @@ class MapData:
                 f"map: keypoint_offsets must end at the number of keypoints ({m}); "
                 f"found {int(off[-1])}"
             )
+
+    def _check_shapes(self, m: int) -> int:
+        """Check the per-keypoint and per-point array shapes; return the number of 3D points."""
+        err = MapFormatError
         if self.keypoints.shape != (m, 2):
             raise err(f"map: keypoints must have shape ({m}, 2); found {self.keypoints.shape}")
         for name in ("scores", "point3D_ids"):
@@ -197,6 +212,10 @@ class MapData:
                 raise err(
                     f"map: points3D/{label} must have shape ({p},) like points3D/xyz; found {shape}"
                 )
+        return p
+
+    def _check_contents(self, k: int, m: int, p: int) -> None:
+        err = MapFormatError
         if m:
             lo, hi = int(self.point3D_ids.min()), int(self.point3D_ids.max())
             if lo < -1 or hi >= p:
@@ -215,6 +234,9 @@ class MapData:
                 raise err(
                     f"map: {name} must be finite; found {bad} NaN or infinite values (corrupt map)"
                 )
+
+    def _check_identities(self) -> None:
+        err = MapFormatError
         for role, ident in (("extractor", self.extractor), ("aggregator", self.aggregator)):
             if not isinstance(ident, dict):
                 raise err(
@@ -223,7 +245,6 @@ class MapData:
             for key in ("name", "config", "weights_sha256"):
                 if key not in ident:
                     raise err(f"map: {role} identity lacks '{key}'; found keys {sorted(ident)}")
-        return self
 
 
 def write_map(path: str | Path, data: MapData, descriptor_dtype: str = "float16") -> int:
@@ -603,8 +624,51 @@ def _plain(value: Any, limit: int = 40) -> str:
 
 
 def _read_open_map(f, path: Path, file_size: int, sealed: bool = False) -> MapData:
-    import h5py
+    version = _read_version(f, path)
+    missing = [k for k in _REQUIRED if k not in f]
+    if missing:
+        raise MapFormatError(f"map {path} is incomplete; missing datasets: {missing}")
+    sums = None
+    if version >= 2 and not sealed:  # a sealed file's bytes are already verified
+        if "checksums" not in f.attrs:
+            raise MapFormatError(
+                f"map {path} (format version {version}) lacks its checksums attribute (corrupt map)"
+            )
+        sums = _read_checksums(f, path)
+    attrs = _read_attributes(f, path, sums)
 
+    seen: set[str] = set()
+
+    def read(name: str) -> np.ndarray:
+        seen.add(name)
+        return _read_dataset(f, name, path, file_size, sums)
+
+    names = _strings(read("keyframes/names"), "keyframes/names", path)
+    cams = _read_cameras(read, path)
+    poses = _read_poses(read, path, len(names))
+    state = _read_aggregator_state(f, path, sums, read)
+    data = MapData(
+        keyframe_names=names,
+        cameras=cams,
+        cam_from_world=poses,
+        **_read_arrays(read, path),
+        extractor=attrs["extractor"],
+        aggregator=attrs["aggregator"],
+        aggregator_state=state,
+        build_conf=attrs["build_conf"],
+        summary=attrs["summary"],
+        format_version=version,
+    )
+    if sums is not None and seen != set(sums["datasets"]):
+        lost = sorted(set(sums["datasets"]) - seen)
+        raise MapFormatError(
+            f"map {path} lacks datasets its checksums list: {ascii(lost[:5])[:200]} (corrupt map)"
+        )
+    return data
+
+
+def _read_version(f, path: Path) -> int:
+    """Check the file's format attribute; return its format version if this code reads it."""
     fmt = f.attrs.get("format")
     if isinstance(fmt, bytes):
         fmt = fmt.decode("utf-8", "replace")
@@ -622,16 +686,11 @@ def _read_open_map(f, path: Path, file_size: int, sealed: bool = False) -> MapDa
             f"map {path} has format version {_plain(raw_version)}; this supergf_ros reads versions "
             f"{', '.join(map(str, READABLE_VERSIONS))}. Rebuild the map with `supergf-ros build-map`."
         )
-    missing = [k for k in _REQUIRED if k not in f]
-    if missing:
-        raise MapFormatError(f"map {path} is incomplete; missing datasets: {missing}")
-    sums = None
-    if version >= 2 and not sealed:  # a sealed file's bytes are already verified
-        if "checksums" not in f.attrs:
-            raise MapFormatError(
-                f"map {path} (format version {version}) lacks its checksums attribute (corrupt map)"
-            )
-        sums = _read_checksums(f, path)
+    return version
+
+
+def _read_attributes(f, path: Path, sums: dict | None) -> dict[str, Any]:
+    """The JSON attributes in CHECKSUM_ATTRIBUTES, each checked against `sums` if given."""
     attrs = {}
     for key in CHECKSUM_ATTRIBUTES:
         text = _attr_text(f, key, path)
@@ -642,14 +701,10 @@ def _read_open_map(f, path: Path, file_size: int, sealed: bool = False) -> MapDa
                     f"map {path}: attribute '{key}' fails its checksum: the file is corrupt"
                 )
         attrs[key] = _attr_json(f, key, path)
+    return attrs
 
-    seen: set[str] = set()
 
-    def read(name: str) -> np.ndarray:
-        seen.add(name)
-        return _read_dataset(f, name, path, file_size, sums)
-
-    names = _strings(read("keyframes/names"), "keyframes/names", path)
+def _read_cameras(read, path: Path) -> list[Camera]:
     cams = []
     for i, text in enumerate(_strings(read("keyframes/cameras"), "keyframes/cameras", path)):
         try:
@@ -658,10 +713,14 @@ def _read_open_map(f, path: Path, file_size: int, sealed: bool = False) -> MapDa
             raise MapFormatError(
                 f"map {path}: keyframes/cameras[{i}] is not a valid camera: {err}"
             ) from None
+    return cams
+
+
+def _read_poses(read, path: Path, count: int) -> list[Pose]:
     poses_arr = _numeric(read("keyframes/cam_from_world"), "cam_from_world", path, "f", np.float64)
-    if poses_arr.shape != (len(names), 7):
+    if poses_arr.shape != (count, 7):
         raise MapFormatError(
-            f"map {path}: keyframes/cam_from_world must have shape ({len(names)}, 7); "
+            f"map {path}: keyframes/cam_from_world must have shape ({count}, 7); "
             f"found {poses_arr.shape}"
         )
     poses = []
@@ -670,52 +729,49 @@ def _read_open_map(f, path: Path, file_size: int, sealed: bool = False) -> MapDa
             poses.append(Pose(p[:4], p[4:]))
         except ValueError as err:
             raise MapFormatError(f"map {path}: keyframes/cam_from_world[{i}]: {err}") from None
-    state = {}
-    if "aggregator_state" in f:
-        group = f["aggregator_state"]
-        if not isinstance(group, h5py.Group):
-            raise MapFormatError(f"map {path}: aggregator_state is not a group (corrupt map)")
-        keys = list(group.keys())
-        if sums is not None:
-            expected = sorted(
-                k.removeprefix("aggregator_state/")
-                for k in sums["datasets"]
-                if k.startswith("aggregator_state/")
+    return poses
+
+
+def _read_aggregator_state(f, path: Path, sums: dict | None, read) -> dict[str, np.ndarray]:
+    import h5py
+
+    if "aggregator_state" not in f:
+        return {}
+    group = f["aggregator_state"]
+    if not isinstance(group, h5py.Group):
+        raise MapFormatError(f"map {path}: aggregator_state is not a group (corrupt map)")
+    keys = list(group.keys())
+    if sums is not None:
+        expected = sorted(
+            k.removeprefix("aggregator_state/")
+            for k in sums["datasets"]
+            if k.startswith("aggregator_state/")
+        )
+        if sorted(keys) != expected:
+            raise MapFormatError(
+                f"map {path}: aggregator_state holds {ascii(sorted(keys))[:200]}; its "
+                f"checksums list {ascii(expected)[:200]} (corrupt map)"
             )
-            if sorted(keys) != expected:
-                raise MapFormatError(
-                    f"map {path}: aggregator_state holds {ascii(sorted(keys))[:200]}; its "
-                    f"checksums list {ascii(expected)[:200]} (corrupt map)"
-                )
-        state = {k: read(f"aggregator_state/{k}") for k in keys}
+    return {k: read(f"aggregator_state/{k}") for k in keys}
+
+
+def _read_arrays(read, path: Path) -> dict[str, np.ndarray]:
+    """MapData's numeric arrays, keyed by field name, read in the file's order."""
     fl, it = "f", "iu"
-    data = MapData(
-        keyframe_names=names,
-        cameras=cams,
-        cam_from_world=poses,
-        keypoint_offsets=_numeric(
+    return {
+        "keypoint_offsets": _numeric(
             read("keyframes/keypoint_offsets"), "keypoint_offsets", path, it, np.int64
         ),
-        keypoints=_numeric(read("features/keypoints"), "keypoints", path, fl, np.float32),
-        scores=_numeric(read("features/scores"), "scores", path, fl, np.float32),
-        descriptors=_numeric(read("features/descriptors"), "descriptors", path, fl, np.float32),
-        point3D_ids=_numeric(read("features/point3D_ids"), "point3D_ids", path, it, np.int64),
-        points3D=_numeric(read("points3D/xyz"), "points3D/xyz", path, fl, np.float64),
-        track_lengths=_numeric(read("points3D/track_length"), "track_length", path, it, np.int32),
-        point_errors=_numeric(read("points3D/error"), "points3D/error", path, fl, np.float32),
-        global_descriptors=_numeric(
+        "keypoints": _numeric(read("features/keypoints"), "keypoints", path, fl, np.float32),
+        "scores": _numeric(read("features/scores"), "scores", path, fl, np.float32),
+        "descriptors": _numeric(read("features/descriptors"), "descriptors", path, fl, np.float32),
+        "point3D_ids": _numeric(read("features/point3D_ids"), "point3D_ids", path, it, np.int64),
+        "points3D": _numeric(read("points3D/xyz"), "points3D/xyz", path, fl, np.float64),
+        "track_lengths": _numeric(
+            read("points3D/track_length"), "track_length", path, it, np.int32
+        ),
+        "point_errors": _numeric(read("points3D/error"), "points3D/error", path, fl, np.float32),
+        "global_descriptors": _numeric(
             read("keyframes/global_descriptors"), "global_descriptors", path, fl, np.float32
         ),
-        extractor=attrs["extractor"],
-        aggregator=attrs["aggregator"],
-        aggregator_state=state,
-        build_conf=attrs["build_conf"],
-        summary=attrs["summary"],
-        format_version=version,
-    )
-    if sums is not None and seen != set(sums["datasets"]):
-        lost = sorted(set(sums["datasets"]) - seen)
-        raise MapFormatError(
-            f"map {path} lacks datasets its checksums list: {ascii(lost[:5])[:200]} (corrupt map)"
-        )
-    return data
+    }

@@ -294,6 +294,16 @@ def camera_info_to_camera(msg: Any) -> Camera:
             intrinsics or distortion (bounds in the module doc), non-finite values or an
             unsupported distortion model. Never another exception type.
     """
+    width, height, (fx, fy, cx, cy) = _camera_info_intrinsics(msg)
+    coeffs = _camera_info_distortion(msg)
+    # ROI and binning: intrinsics refer to the full-resolution sensor.
+    cx, cy, width, height = _apply_roi(msg, cx, cy, width, height)
+    fx, fy, cx, cy, width, height = _apply_binning(msg, fx, fy, cx, cy, width, height)
+    return _camera_from_coeffs(coeffs, fx, fy, cx, cy, width, height)
+
+
+def _camera_info_intrinsics(msg: Any) -> tuple[int, int, tuple[float, float, float, float]]:
+    """Image size and (fx, fy, cx, cy) of a CameraInfo, checked (ValueError otherwise)."""
     width, height = _int_field(msg, "width", "CameraInfo"), _int_field(msg, "height", "CameraInfo")
     K = _float_array(getattr(msg, "k", None), "k")
     if K.size != 9 or not np.isfinite(K).all():
@@ -316,6 +326,11 @@ def camera_info_to_camera(msg: Any) -> Camera:
             f"CameraInfo.k is not an intrinsics matrix (last row {K[6:].tolist()}, need [0, 0, 1])"
         )
     check_intrinsics(fx, fy, cx, cy, width, height)
+    return width, height, (fx, fy, cx, cy)
+
+
+def _camera_info_distortion(msg: Any) -> np.ndarray:
+    """The 8 coefficients (k1 k2 p1 p2 k3 k4 k5 k6) of a CameraInfo's distortion, checked."""
     D = _float_array(getattr(msg, "d", None), "d")
     raw_model = getattr(msg, "distortion_model", "") or ""
     model = raw_model if isinstance(raw_model, str) else ""
@@ -334,7 +349,13 @@ def camera_info_to_camera(msg: Any) -> Camera:
     coeffs = np.zeros(8)
     coeffs[: min(8, D.size)] = D[:8]
     _check_distortion(coeffs, model or "(no model)")
-    # ROI and binning: intrinsics refer to the full-resolution sensor.
+    return coeffs
+
+
+def _apply_roi(
+    msg: Any, cx: float, cy: float, width: int, height: int
+) -> tuple[float, float, int, int]:
+    """(cx, cy, width, height) for the CameraInfo's ROI, if it sets one."""
     roi = getattr(msg, "roi", None)
     if roi is not None:
         rx, ry, rw, rh = (_int_field(roi, k, "CameraInfo.roi") for k in (
@@ -348,6 +369,13 @@ def camera_info_to_camera(msg: Any) -> Camera:
             cx -= float(rx)
             cy -= float(ry)
             width, height = rw, rh
+    return cx, cy, width, height
+
+
+def _apply_binning(
+    msg: Any, fx: float, fy: float, cx: float, cy: float, width: int, height: int
+) -> tuple[float, float, float, float, int, int]:
+    """(fx, fy, cx, cy, width, height) for the CameraInfo's binning (none: unchanged)."""
     bx = _int_field(msg, "binning_x", "CameraInfo") if getattr(msg, "binning_x", 0) else 0
     by = _int_field(msg, "binning_y", "CameraInfo") if getattr(msg, "binning_y", 0) else 0
     bx, by = max(1, bx), max(1, by)
@@ -358,8 +386,13 @@ def camera_info_to_camera(msg: Any) -> Camera:
         )
     fx, cx = fx / bx, (cx + 0.5) / bx - 0.5
     fy, cy = fy / by, (cy + 0.5) / by - 0.5
-    width, height = width // bx, height // by
+    return fx, fy, cx, cy, width // bx, height // by
 
+
+def _camera_from_coeffs(
+    coeffs: np.ndarray, fx: float, fy: float, cx: float, cy: float, width: int, height: int
+) -> Camera:
+    """PINHOLE with no distortion, OPENCV with k3..k6 zero, else FULL_OPENCV."""
     if not np.any(coeffs):
         return Camera.pinhole(fx, fy, cx, cy, width, height)
     k1, k2, p1, p2, k3, k4, k5, k6 = coeffs
@@ -446,3 +479,61 @@ def ros_to_pose(position: Any, orientation: Any) -> Pose:
 def stamp_to_ns(stamp: Any) -> int:
     """Nanoseconds from a `builtin_interfaces/Time`."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+COMPRESSED_FORMATS = ("jpeg", "png")
+_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+
+
+def compressed_to_numpy(msg: Any) -> np.ndarray:
+    """Decode a `sensor_msgs/CompressedImage` (JPEG or PNG) into HxW gray or HxWx3 RGB uint8.
+
+    `format` follows image_transport ("jpeg", "png", "bgr8; jpeg compressed bgr8", ...); the
+    payload's own signature decides. 16-bit PNG is scaled as `image_to_numpy` scales mono16.
+
+    Raises:
+        ValueError: an unknown format, or truncated or corrupt data (libjpeg would otherwise
+            return a half-decoded frame with only a warning).
+    """
+    import cv2
+
+    buf = _as_bytes(getattr(msg, "data", None))
+    fmt = getattr(msg, "format", "")
+    if buf.startswith(_JPEG_START):
+        kind, complete = "JPEG", buf.rstrip(b"\x00").endswith(_JPEG_END)
+    elif buf.startswith(_PNG_START):
+        kind, complete = "PNG", buf.endswith(_PNG_END)
+    else:
+        raise ValueError(
+            f"compressed image is neither JPEG nor PNG (format '{bounded_text(fmt, 64)}', "
+            f"{len(buf)} B starting {buf[:8].hex() or 'empty'})"
+        )
+    if not complete:
+        raise ValueError(f"compressed {kind} image is truncated ({len(buf)} B, no end marker)")
+    image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ValueError(f"compressed {kind} image is corrupt ({len(buf)} B do not decode)")
+    if image.dtype == np.uint16:
+        image = _scale_to_uint8(image if image.ndim == 2 else image[..., 0])
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 3:  # OpenCV decodes to BGR(A)
+        image = np.ascontiguousarray(image[..., 2::-1])
+    return image
+
+
+def numpy_to_compressed_fields(
+    image: np.ndarray, fmt: str = "jpeg", quality: int = 90
+) -> dict[str, Any]:
+    """The fields of a `sensor_msgs/CompressedImage` (format, data) for HxW or HxWx3 RGB uint8."""
+    import cv2
+
+    if fmt not in COMPRESSED_FORMATS:
+        raise ValueError(f"compressed format must be one of {COMPRESSED_FORMATS}, got {fmt!r}")
+    bgr = image[..., ::-1] if image.ndim == 3 else image
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt == "jpeg" else []
+    ok, data = cv2.imencode(".jpg" if fmt == "jpeg" else ".png", bgr, params)
+    if not ok:
+        raise ValueError(f"cannot encode a {image.shape} image as {fmt}")
+    return {"format": fmt, "data": data.tobytes()}

@@ -47,14 +47,18 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from supergf_ros.geometry import Camera, Pose
 from supergf_ros.localization.localizer import PosePrior
 from supergf_ros.ros.conversions import (
+    bounded_text,
+    camera_for_image,
     camera_info_to_camera,
+    check_intrinsics,
+    compressed_to_numpy,
     image_to_numpy,
     pose_to_ros,
     stamp_to_ns,
@@ -281,8 +285,12 @@ class LocalizerNode(Node):
                 )
             )
 
+        self._compressed = self.params["image_transport"] == "compressed"
+        image_type, topic = Image, self.params["image_topic"]
+        if self._compressed:  # image_transport's naming: <base topic>/compressed
+            image_type, topic = CompressedImage, topic.rstrip("/") + "/compressed"
         self._image_sub = self.create_subscription(
-            Image, self.params["image_topic"], self._on_image, qos_profile_sensor_data
+            image_type, topic, self._on_image, qos_profile_sensor_data
         )
         self._info_sub = self.create_subscription(
             CameraInfo,
@@ -305,9 +313,9 @@ class LocalizerNode(Node):
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
             camera = camera_info_to_camera(msg)
-        except ValueError as err:
+        except ValueError as err:  # the last camera may be as wrong: frames fail until a good one
             with self._lock:
-                self._camera_error = f"invalid CameraInfo: {err}"
+                self._camera, self._camera_error = None, f"invalid CameraInfo: {err}"
             self.get_logger().warning(self._camera_error, throttle_duration_sec=5.0)
             return
         with self._lock:
@@ -337,41 +345,37 @@ class LocalizerNode(Node):
         h, w = image.shape[:2]
         with self._lock:
             camera, camera_error = self._camera, self._camera_error
+        if camera_error:  # an invalid CameraInfo is not replaced by a fallback silently
+            raise ValueError(camera_error)
         if camera is None:
             mode = self.params["fallback_intrinsics"]
             if mode == "parameters":
                 fx, fy, cx, cy = (float(v) for v in self.params["intrinsics"])
-                if fx <= 0 or fy <= 0:
-                    raise ValueError("fallback intrinsics parameter has no positive focal lengths")
+                check_intrinsics(fx, fy, cx, cy, w, h, what="the intrinsics parameter")
                 return Camera.pinhole(fx, fy, cx, cy, w, h)
             if mode == "map":
                 return self._map_camera(w, h)
             raise ValueError(
-                camera_error
-                or f"no CameraInfo received on {self._info_sub.topic_name} (set "
+                f"no CameraInfo received on {self._info_sub.topic_name} (set "
                 "fallback_intrinsics to 'map' or 'parameters' to run without it)"
             )
-        if (camera.width, camera.height) != (w, h):
-            if abs(camera.width * h - camera.height * w) > max(w, h):
-                raise ValueError(
-                    f"CameraInfo is {camera.width}x{camera.height} but the image is {w}x{h}"
-                )
-            camera = camera.scaled(w / camera.width, h / camera.height)
-        return camera
+        return camera_for_image(camera, w, h)
 
     def _map_camera(self, w: int, h: int) -> Camera:
         for cam in self._localizer.map.cameras:
             if (cam.width, cam.height) == (w, h):
                 return cam
         for cam in self._localizer.map.cameras:
-            if abs(cam.width * h - cam.height * w) <= max(w, h):
-                return cam.scaled(w / cam.width, h / cam.height)
+            try:
+                return camera_for_image(cam, w, h)
+            except ValueError:
+                continue
         raise ValueError(f"no CameraInfo received and no map camera matches the {w}x{h} image")
 
     def _process(self, msg: Image, received: float, start: float) -> None:
         queue_ms = (start - received) * 1e3
         try:
-            image = image_to_numpy(msg)
+            image = compressed_to_numpy(msg) if self._compressed else image_to_numpy(msg)
             camera = self._camera_for(image)
         except ValueError as err:
             self._report_failure(msg, f"bad input: {err}", {}, queue_ms)
@@ -402,6 +406,7 @@ class LocalizerNode(Node):
     def _report_failure(
         self, msg: Image, reason: str, result: Any, queue_ms: float, extra: dict | None = None
     ) -> None:
+        reason = bounded_text(reason, 300)  # a frame's text fields are the sender's
         self.get_logger().warning(f"frame failed: {reason}", throttle_duration_sec=5.0)
         with self._lock:
             self._counts["processed"] += 1
@@ -565,7 +570,9 @@ class LocalizerNode(Node):
             "odometry_error": self._frames.odometry_error,
             "extrinsic_error": self._frames.extrinsic_error,
         }
-        if st.level == DiagnosticStatus.OK and self._frames.odometry_error:
+        if st.level != DiagnosticStatus.ERROR and camera_error:
+            st.level, st.message = DiagnosticStatus.ERROR, camera_error
+        elif st.level == DiagnosticStatus.OK and self._frames.odometry_error:
             st.level = DiagnosticStatus.WARN
             st.message = "localizing camera-only: " + self._frames.odometry_error
         st.values = [KeyValue(key=k, value=v) for k, v in values.items()]

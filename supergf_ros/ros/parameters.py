@@ -26,6 +26,12 @@ ODOMETRY_SOURCES = ("tf", "topic", "none")
 _NODE_ONLY: dict[str, NodeParam] = {
     "map_path": NodeParam("", "Map file (.h5) written by `supergf-ros build-map`. Required."),
     "image_topic": NodeParam("image", "Camera image topic (sensor_msgs/Image)."),
+    "image_transport": NodeParam(
+        "raw",
+        "raw: sensor_msgs/Image on image_topic | compressed: sensor_msgs/CompressedImage (JPEG, "
+        "PNG) on image_topic/compressed, as image_transport names it.",
+        choices=("raw", "compressed"),
+    ),
     "camera_info_topic": NodeParam(
         "camera_info", "Camera intrinsics topic (sensor_msgs/CameraInfo)."
     ),
