@@ -284,9 +284,10 @@ def _run_replay(
             from tqdm import tqdm
 
             bar = tqdm(total=len(images), desc="replay", unit="frame")
+        events = _events(images, infos, frames["robot"])
+        events = _publish_static(client, events)
         t_start = time.perf_counter()
         lock_step_timeout_s = frame_timeout_s if as_fast_as_possible else None
-        events = _events(images, infos, frames["robot"])
         published = _play(client, proc, log_path, events, t_start, bar, rate, lock_step_timeout_s)
         client.wait_for_answers(published, frame_timeout_s)
         t_end = time.perf_counter()
@@ -460,6 +461,18 @@ def _events(images, infos, robot) -> list[tuple[int, int, str, Any]]:
     events += [(t, 2, "image", (stamp, raw)) for stamp, t, raw in images]
     events.sort(key=lambda e: (e[0], e[1]))
     return events
+
+
+def _publish_static(client, events: list, settle_s: float = 0.5) -> list:
+    """Publish /tf_static before playback (on a robot the static transforms are latched long
+    before the camera starts; played in order, the first image could beat them to the node's
+    worker); the remaining events."""
+    static = [e for e in events if e[2] == "robot" and e[3][0] == "/tf_static"]
+    for _, _, _, (topic, raw) in static:
+        client.robot_pubs[topic].publish(raw)
+    if static:
+        time.sleep(settle_s)
+    return [e for e in events if not (e[2] == "robot" and e[3][0] == "/tf_static")]
 
 
 def _play(client, proc, log_path, events, t_start, bar, rate, lock_step_timeout_s):
