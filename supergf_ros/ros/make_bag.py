@@ -1,9 +1,16 @@
-"""`supergf-ros make-bag DATASET --queries FILE --out BAG`: a dataset as a replayable camera stream.
+"""`supergf-ros make-bag DATASET --queries FILE --out BAG`: a dataset as a replayable robot bag.
 
 Writes a rosbag2 (MCAP by default) with `sensor_msgs/Image` + `sensor_msgs/CameraInfo` per frame
-at a fixed rate, using the pure-Python `rosbags` library (no ROS installation needed). Next to the
-bag's metadata it writes `supergf_ros_source.json` (the `SOURCE_FILE`): the dataset it came from,
-the image name of every stamp and, when the dataset has poses, their reference `cam_from_world`,
+at a fixed rate or at the dataset's timestamps (`--times`, default DATASET/times.txt when there),
+using the pure-Python `rosbags` library (no ROS installation needed); `base_link -> camera` on
+/tf_static; and, for a dataset with poses, a simulated drifting odometry (`robot_sim`):
+nav_msgs/Odometry on /odom and odom -> base_link on /tf at `--odometry-rate` (images are then
+logged `camera_latency_s` after their stamp, so the odometry of a frame is in before it).
+
+Next to the bag's metadata it writes `supergf_ros_source.json` (the `SOURCE_FILE`): the dataset it
+came from, the image name of every stamp and, when the dataset has poses, their reference
+`cam_from_world` and `map_from_base`, plus under "robot" the frames, the extrinsic, the dense
+ground-truth base trajectory (`base_trajectory`, at the odometry rate) and the odometry written,
 so `supergf-ros replay` can evaluate without the dataset.
 """
 
@@ -11,16 +18,33 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from supergf_ros.io_utils import atomic_output_dir
+from supergf_ros.ros.robot_bag import (
+    TF_STATIC_TOPIC,
+    TF_TOPIC,
+    RobotMessages,
+    RobotOptions,
+    robot_source,
+)
+from supergf_ros.ros.robot_sim import (
+    DEFAULT_DRIFT,
+    DEFAULT_HEADING_DRIFT_DEG_PER_M,
+    DEFAULT_ODOMETRY_RATE_HZ,
+    encode_pose,
+    frame_stamps,
+    read_times,
+)
 
 SOURCE_FILE = "supergf_ros_source.json"
 SOURCE_FORMAT = "supergf_ros.bag_source"
 DEFAULT_START_NS = 1_700_000_000 * 1_000_000_000
+DEFAULT_RATE_HZ = 2.0
 DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
 DEFAULT_CAMERA_INFO_TOPIC = "/camera/camera_info"
 
@@ -30,7 +54,9 @@ def make_bag(
     out_path: str | Path,
     *,
     image_names: list[str] | None = None,
-    rate_hz: float = 2.0,
+    rate_hz: float | None = None,
+    times: dict[str, float] | str | Path | None = None,
+    robot: RobotOptions | None = None,
     encoding: str = "rgb8",
     image_topic: str = DEFAULT_IMAGE_TOPIC,
     camera_info_topic: str = DEFAULT_CAMERA_INFO_TOPIC,
@@ -41,24 +67,78 @@ def make_bag(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write a rosbag2 of the dataset's `image_names` (default: all) at `rate_hz`.
+    """Write a rosbag2 of the dataset's `image_names` (default: all).
 
     Args:
+        rate_hz: frames per second (frame i is stamped start_ns + i / rate_hz); default 2, or
+            `times` when given ({name: seconds} or a `name timestamp_s` file, as KITTI's).
+        robot: the base, /tf_static and the odometry (default `RobotOptions()`: odometry on
+            when every frame has a pose); see `robot_bag` and `robot_sim`.
         encoding: Image encoding in the bag (rgb8, bgr8, mono8, mono16, rgba8, bgra8).
         max_size: resize so the longer side is at most this (intrinsics scaled to match).
-        start_ns: stamp of the first frame; frame i is stamped start_ns + i / rate_hz.
         storage: "mcap" or "sqlite3".
 
     Returns:
-        {"bag", "num_frames", "rate_hz", "duration_s", "size_bytes", "has_poses", "topics"}.
+        {"bag", "num_frames", "rate_hz", "duration_s", "size_bytes", "has_poses",
+        "has_odometry", "odometry_drift", "topics"}.
     """
     from supergf_ros.datasets import Dataset
 
-    _check_options(rate_hz, encoding, storage, max_size, (image_topic, camera_info_topic))
+    robot = robot or RobotOptions()
+    robot.check()
+    if rate_hz is not None and times is not None:
+        raise ValueError("give a rate or timestamps, not both")
+    _check_options(
+        1.0 if rate_hz is None else rate_hz,
+        encoding,
+        storage,
+        max_size,
+        (image_topic, camera_info_topic),
+    )
     out_path = Path(out_path)
     if out_path.exists() and not overwrite:
         raise ValueError(f"{out_path} exists; pass overwrite=True (--overwrite) to replace it")
     dataset = Dataset(dataset_dir)
+    names = _frame_names(dataset, image_names)
+    stamps = _stamps(names, rate_hz, times, start_ns)
+    source: dict[str, Any] = {
+        "format": SOURCE_FORMAT,
+        "dataset": str(Path(dataset_dir).resolve()),
+        "rate_hz": _mean_rate(stamps),
+        "image_topic": image_topic,
+        "camera_info_topic": camera_info_topic,
+        "frame_id": frame_id,
+        "encoding": encoding,
+        "frames": [],
+    }
+    has_poses = bool(names) and all(n in dataset.poses for n in names)
+    map_from_cam = [dataset.poses[n].inverse() for n in names] if has_poses else None
+    source["robot"], odom, variance = robot_source(robot, frame_id, stamps, map_from_cam)
+    extra = {"odom": odom, "variance": variance, "options": robot}
+    with atomic_output_dir(out_path) as tmp_bag:
+        _write_bag(tmp_bag, storage, dataset, names, stamps, source, max_size, progress, extra)
+        (tmp_bag / SOURCE_FILE).write_text(json.dumps(source, indent=1) + "\n")
+    return _summary(out_path, names, stamps, source, has_poses, robot)
+
+
+def _summary(out_path: Path, names, stamps, source, has_poses: bool, robot) -> dict[str, Any]:
+    size = sum(p.stat().st_size for p in out_path.rglob("*") if p.is_file())
+    odometry = source["robot"]["odometry"]
+    return {
+        "bag": str(out_path),
+        "num_frames": len(names),
+        "rate_hz": source["rate_hz"],
+        "duration_s": (stamps[-1] - stamps[0]) / 1e9 if names else 0.0,
+        "size_bytes": int(size),
+        "has_poses": has_poses,
+        "has_odometry": odometry is not None,
+        "odometry_drift": odometry["result"] if odometry else None,
+        "topics": [source["image_topic"], source["camera_info_topic"], TF_STATIC_TOPIC]
+        + ([TF_TOPIC, robot.odometry_topic] if odometry else []),
+    }
+
+
+def _frame_names(dataset, image_names: list[str] | None) -> list[str]:
     names = dataset.check_names(image_names if image_names is not None else dataset.names)
     missing_cam = [n for n in names if n not in dataset.cameras]
     if missing_cam:
@@ -66,31 +146,22 @@ def make_bag(
             f"{len(missing_cam)} image(s) have no camera in the dataset's model, so no "
             f"CameraInfo can be written: {missing_cam[:5]}"
         )
-    period_ns = round(1e9 / rate_hz)
-    source: dict[str, Any] = {
-        "format": SOURCE_FORMAT,
-        "dataset": str(Path(dataset_dir).resolve()),
-        "rate_hz": float(rate_hz),
-        "image_topic": image_topic,
-        "camera_info_topic": camera_info_topic,
-        "frame_id": frame_id,
-        "encoding": encoding,
-        "frames": [],
-    }
-    stamps = [start_ns + i * period_ns for i in range(len(names))]
-    with atomic_output_dir(out_path) as tmp_bag:
-        _write_bag(tmp_bag, storage, dataset, names, stamps, source, max_size, progress)
-        (tmp_bag / SOURCE_FILE).write_text(json.dumps(source, indent=1) + "\n")
-    size = sum(p.stat().st_size for p in out_path.rglob("*") if p.is_file())
-    return {
-        "bag": str(out_path),
-        "num_frames": len(names),
-        "rate_hz": float(rate_hz),
-        "duration_s": (len(names) - 1) * period_ns / 1e9 if names else 0.0,
-        "size_bytes": int(size),
-        "has_poses": all("cam_from_world" in f for f in source["frames"]),
-        "topics": [image_topic, camera_info_topic],
-    }
+    return names
+
+
+def _stamps(names: list[str], rate_hz, times, start_ns: int) -> list[int]:
+    if times is None:
+        period_ns = round(1e9 / (rate_hz or DEFAULT_RATE_HZ))
+        return [start_ns + i * period_ns for i in range(len(names))]
+    if not isinstance(times, dict):
+        times = read_times(times)
+    return frame_stamps(names, times, start_ns) if names else []
+
+
+def _mean_rate(stamps: list[int]) -> float:
+    if len(stamps) < 2:
+        return DEFAULT_RATE_HZ
+    return round((len(stamps) - 1) / ((stamps[-1] - stamps[0]) / 1e9), 6)
 
 
 def _check_options(rate_hz, encoding: str, storage: str, max_size, topics) -> None:
@@ -109,12 +180,11 @@ def _check_options(rate_hz, encoding: str, storage: str, max_size, topics) -> No
             raise ValueError(f"bag topics must be absolute (start with '/'), got '{topic}'")
 
 
-def _write_bag(bag_dir, storage, dataset, names, stamps, source, max_size, progress) -> None:
-    """Write an Image and a CameraInfo per frame; append each frame to `source["frames"]`."""
+def _write_bag(bag_dir, storage, dataset, names, stamps, source, max_size, progress, extra):
+    """Write an Image and a CameraInfo per frame, /tf_static and the odometry (in log-time order);
+    append each frame to `source["frames"]`."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
-
-    from supergf_ros.ros.bag_frames import downscale
 
     typestore = get_typestore(Stores.ROS2_KILTED)
     image_type = typestore.types["sensor_msgs/msg/Image"].__msgtype__
@@ -125,30 +195,61 @@ def _write_bag(bag_dir, storage, dataset, names, stamps, source, max_size, progr
 
         iterator = tqdm(names, desc="make-bag", unit="frame")
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    odom, options = extra["odom"], extra["options"]
+    options = options if odom is not None else replace(options, odometry=False)
+    latency_ns = round(options.camera_latency_s * 1e9) if odom is not None else 0
     with Writer(bag_dir, version=9, storage_plugin=plugin) as writer:
         conn_img = writer.add_connection(source["image_topic"], image_type, typestore=typestore)
         conn_info = writer.add_connection(
             source["camera_info_topic"], info_type, typestore=typestore
         )
+        robot = RobotMessages(typestore, writer, options)
         writer.set_custom_data("supergf_ros.dataset", source["dataset"])
+        queue = [robot.static(stamps[0] if stamps else DEFAULT_START_NS, source["frame_id"])]
+        if odom is not None:
+            queue += robot.odometry(odom, extra["variance"])
+        queue.sort(key=lambda m: m[1])
+        q = 0
         for name, stamp_ns in zip(iterator, stamps):
-            image = dataset.read_image(name)
-            camera = dataset.camera(name)
-            if max_size is not None and max(image.shape[:2]) > max_size:
-                image = downscale(image, max_size)
-                camera = camera.scaled(
-                    image.shape[1] / camera.width, image.shape[0] / camera.height
-                )
-            img_msg, info_msg = _frame_messages(
-                typestore, image, camera, stamp_ns, source["frame_id"], source["encoding"]
-            )
-            writer.write(conn_info, stamp_ns, typestore.serialize_cdr(info_msg, info_type))
-            writer.write(conn_img, stamp_ns, typestore.serialize_cdr(img_msg, image_type))
-            frame: dict[str, Any] = {"name": name, "stamp_ns": int(stamp_ns)}
-            if name in dataset.poses:
-                pose = dataset.poses[name]
-                frame["cam_from_world"] = [float(v) for v in (*pose.qvec, *pose.tvec)]
-            source["frames"].append(frame)
+            log_ns = stamp_ns + latency_ns
+            while q < len(queue) and queue[q][1] <= log_ns:
+                writer.write(*queue[q])
+                q += 1
+            info_raw, img_raw = _frame_raw(typestore, dataset, name, stamp_ns, source, max_size)
+            writer.write(conn_info, log_ns, info_raw)
+            writer.write(conn_img, log_ns, img_raw)
+            source["frames"].append(_frame_entry(dataset, name, stamp_ns, options))
+        for message in queue[q:]:
+            writer.write(*message)
+
+
+def _frame_raw(typestore, dataset, name: str, stamp_ns: int, source: dict, max_size):
+    """Serialized (CameraInfo, Image) of one frame."""
+    from supergf_ros.ros.bag_frames import downscale
+
+    image = dataset.read_image(name)
+    camera = dataset.camera(name)
+    if max_size is not None and max(image.shape[:2]) > max_size:
+        image = downscale(image, max_size)
+        camera = camera.scaled(image.shape[1] / camera.width, image.shape[0] / camera.height)
+    img_msg, info_msg = _frame_messages(
+        typestore, image, camera, stamp_ns, source["frame_id"], source["encoding"]
+    )
+    return (
+        typestore.serialize_cdr(info_msg, "sensor_msgs/msg/CameraInfo"),
+        typestore.serialize_cdr(img_msg, "sensor_msgs/msg/Image"),
+    )
+
+
+def _frame_entry(dataset, name: str, stamp_ns: int, options: RobotOptions) -> dict[str, Any]:
+    """The source file's entry of a frame: name, header stamp, reference poses."""
+    frame: dict[str, Any] = {"name": name, "stamp_ns": int(stamp_ns)}
+    if name in dataset.poses:
+        pose = dataset.poses[name]
+        frame["cam_from_world"] = [float(v) for v in (*pose.qvec, *pose.tvec)]
+        map_from_base = pose.inverse() * options.base_from_camera.inverse()
+        frame["map_from_base"] = encode_pose(map_from_base)
+    return frame
 
 
 def _frame_messages(typestore, image, camera, stamp_ns: int, frame_id: str, encoding: str):
@@ -190,18 +291,50 @@ def read_source(bag_path: str | Path) -> dict[str, Any] | None:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "make-bag",
-        help="write a rosbag2 (MCAP) of Image + CameraInfo from a dataset's images",
+        help="write a rosbag2 (MCAP) of a dataset's camera stream and a simulated robot",
         description=__doc__.splitlines()[0],
     )
     p.add_argument("dataset", type=Path, help="dataset folder (images/ + sparse_gt/ model)")
     p.add_argument("--queries", type=Path, help="image list, one name per line (default: all)")
     p.add_argument("--out", type=Path, required=True, help="output bag folder")
-    p.add_argument("--rate", type=float, default=2.0, help="frames per second (default 2)")
+    timing = p.add_mutually_exclusive_group()
+    timing.add_argument(
+        "--rate",
+        type=float,
+        help=f"frames per second (default: DATASET/times.txt if there, else {DEFAULT_RATE_HZ:g})",
+    )
+    timing.add_argument("--times", type=Path, help="'name timestamp_s' per line (KITTI times)")
     p.add_argument("--encoding", default="rgb8", help="image encoding (default rgb8)")
     p.add_argument("--max-size", type=int, help="resize: longer image side at most this")
     p.add_argument("--image-topic", default=DEFAULT_IMAGE_TOPIC)
     p.add_argument("--camera-info-topic", default=DEFAULT_CAMERA_INFO_TOPIC)
     p.add_argument("--frame-id", default="camera", help="header.frame_id (default camera)")
+    robot = p.add_argument_group("robot (base_link -> camera on /tf_static; odometry)")
+    robot.add_argument(
+        "--no-odometry", action="store_true", help="camera and /tf_static only, no odometry"
+    )
+    robot.add_argument(
+        "--odometry-rate",
+        type=float,
+        default=DEFAULT_ODOMETRY_RATE_HZ,
+        help="odometry (and dense ground truth) rate in Hz (default 50)",
+    )
+    robot.add_argument(
+        "--odometry-drift",
+        type=float,
+        default=DEFAULT_DRIFT,
+        help="translation noise per step, a fraction of the step length (default 0.01)",
+    )
+    robot.add_argument(
+        "--odometry-heading-drift",
+        type=float,
+        default=DEFAULT_HEADING_DRIFT_DEG_PER_M,
+        help="heading noise per step, degrees per metre of step (default 0.5)",
+    )
+    robot.add_argument("--odometry-seed", type=int, default=0, help="noise seed (default 0)")
+    robot.add_argument("--odometry-topic", default="/odom", help="nav_msgs/Odometry topic")
+    robot.add_argument("--base-frame", default="base_link")
+    robot.add_argument("--odom-frame", default="odom")
     p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
     p.add_argument("--overwrite", action="store_true", help="replace an existing bag")
     p.set_defaults(func=run)
@@ -212,11 +345,26 @@ def run(args: argparse.Namespace) -> int:
     from supergf_ros.datasets import read_image_list
 
     names = read_image_list(args.queries) if args.queries else None
+    times = args.times
+    if times is None and args.rate is None and (args.dataset / "times.txt").is_file():
+        times = args.dataset / "times.txt"
+    robot = RobotOptions(
+        odometry=not args.no_odometry,
+        odometry_rate_hz=args.odometry_rate,
+        drift=args.odometry_drift,
+        heading_drift_deg_per_m=args.odometry_heading_drift,
+        seed=args.odometry_seed,
+        base_frame=args.base_frame,
+        odom_frame=args.odom_frame,
+        odometry_topic=args.odometry_topic,
+    )
     summary = make_bag(
         args.dataset,
         args.out,
         image_names=names,
         rate_hz=args.rate,
+        times=times,
+        robot=robot,
         encoding=args.encoding,
         image_topic=args.image_topic,
         camera_info_topic=args.camera_info_topic,
@@ -225,9 +373,16 @@ def run(args: argparse.Namespace) -> int:
         storage=args.storage,
         overwrite=args.overwrite,
     )
+    drift = summary["odometry_drift"]
     print(
         f"wrote {summary['bag']}: {summary['num_frames']} frames at {summary['rate_hz']:g} Hz "
         f"({summary['duration_s']:.1f} s, {summary['size_bytes'] / 1e6:.1f} MB"
         f"{', with reference poses' if summary['has_poses'] else ''})"
+        + (
+            f"; odometry at {args.odometry_rate:g} Hz drifted {drift['end_error_m']:.3f} m "
+            f"over {drift['distance_m']:.1f} m"
+            if drift
+            else ""
+        )
     )
     return 0

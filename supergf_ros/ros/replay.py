@@ -8,7 +8,12 @@ messages over ROS 2, collects the node's poses and status messages, and reports:
   dropped, mean per-stage timings, the node's peak memory (RSS);
 - with reference poses (from the bag's source file, see `make_bag`), the pose recall and median
   errors exactly as `supergf-ros evaluate --json` computes them;
-- a PNG of the estimated vs reference trajectory, the poses as a results file and the JSON.
+- a PNG of the estimated vs reference trajectory, the poses as a results file and the JSON;
+- for a bag that carries a robot (`make_bag`: /tf_static, /tf and /odom, all played to the node
+  at their log times), the node's `base_pose` stream and `map -> odom` are collected and scored
+  against the bag's dense ground truth (`robot_eval`: time to first fix, base-pose recall,
+  jumps, wrong fixes, NEES), with a PNG of the base trajectory (`--plot`) and `base_poses.txt`.
+  `--sim-time` also publishes /clock (bag time) and starts the node with use_sim_time.
 
 Playback: `--rate R` plays at R times the bag's timing (as `ros2 bag play --rate`), so the node
 drops frames when it is slower than the camera; `--as-fast-as-possible` publishes each frame as
@@ -108,13 +113,34 @@ def read_bag_frames(bag_path: Path, image_topic: str | None, info_topic: str | N
             c.topic for c in reader.connections if c.msgtype == "sensor_msgs/msg/CameraInfo"
         ]
         info_topic = info_topic or (info_topics or [None])[0]
+        robot_conns = [c for c in reader.connections if c.msgtype in ROBOT_MSGTYPES]
         conns = [c for c in reader.connections if c.topic in (image_topic, info_topic)]
-        images, infos = [], []
-        for conn, stamp, raw in reader.messages(connections=conns):
-            (images if conn.topic == image_topic else infos).append((int(stamp), bytes(raw)))
+        images, infos, robot = [], [], []
+        for conn, stamp, raw in reader.messages(connections=conns + robot_conns):
+            if conn in robot_conns:
+                robot.append((int(stamp), conn.topic, conn.msgtype, bytes(raw)))
+            else:
+                (images if conn.topic == image_topic else infos).append((int(stamp), bytes(raw)))
     if not images:
         raise ValueError(f"bag {bag_path} has no messages on image topic {image_topic}")
-    return {"images": images, "infos": infos, "image_topic": image_topic, "info_topic": info_topic}
+    return {
+        "images": images,
+        "infos": infos,
+        "robot": robot,
+        "image_topic": image_topic,
+        "info_topic": info_topic,
+    }
+
+
+ROBOT_MSGTYPES = ("tf2_msgs/msg/TFMessage", "nav_msgs/msg/Odometry")
+
+
+def _message_class(msgtype: str) -> Any:
+    """The rclpy message class of "pkg/msg/Name"."""
+    import importlib
+
+    pkg, _, name = msgtype.split("/")
+    return getattr(importlib.import_module(f"{pkg}.msg"), name)
 
 
 def _header_stamp_ns(raw: bytes, msgtype: Any) -> int:
@@ -146,13 +172,20 @@ def replay_bag(
     startup_timeout_s: float = 180.0,
     frame_timeout_s: float = 60.0,
     progress: bool = True,
+    sim_time: bool = False,
+    plot_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Replay `bag_path` through a freshly started localizer node; return the metrics dict.
 
     Keys: latency_ms_p50, latency_ms_p95, latency_ms_mean, throughput_hz, frames_in,
     frames_processed, frames_localized, frames_dropped, stage_ms_mean, node_peak_rss_mb,
     node_exit_code, domain_id, and with reference poses recall, median_translation_m,
-    median_rotation_deg (as `supergf-ros evaluate --json`); plus output file paths.
+    median_rotation_deg (as `supergf-ros evaluate --json`); the robot's (`robot_eval`):
+    time_to_first_fix_s, first_fix_stamp_s, fixes, fix_rate_hz, fixes_rejected, base_poses,
+    map_to_odom_count and, with the bag's ground-truth base trajectory, base_pose_recall, jumps,
+    wrong_fixes_1m, nees_mean, fix_error_m_median; plus output file paths (base_trajectory_png).
+
+    `sim_time`: publish /clock from the bag's log times and run the node with use_sim_time.
     """
     bag_path, map_path = Path(bag_path), Path(map_path)
     if not map_path.is_file():
@@ -186,9 +219,12 @@ def replay_bag(
                 startup_timeout_s=startup_timeout_s,
                 frame_timeout_s=frame_timeout_s,
                 progress=progress,
+                sim_time=sim_time,
             )
     result["domain_id"] = domain_id
     result.update(_evaluate(result.pop("_poses"), source, out_dir))
+    plot_path = Path(plot_path) if plot_path else out_dir / "base_trajectory.png"
+    result.update(_evaluate_robot(result.pop("_robot"), source, plot_path))
     result["bag"] = str(bag_path)
     result["map"] = str(map_path)
     atomic_write_text(out_dir / "replay.json", json.dumps(result, indent=2) + "\n")
@@ -225,6 +261,7 @@ def _run_replay(
     startup_timeout_s: float,
     frame_timeout_s: float,
     progress: bool,
+    sim_time: bool = False,
 ) -> dict[str, Any]:
     """Start the node, play `frames` to it, stop it; the metrics and the poses (`_poses`)."""
     from sensor_msgs.msg import CameraInfo, Image
@@ -233,10 +270,12 @@ def _run_replay(
     images = [(_header_stamp_ns(raw, Image), t, raw) for t, raw in frames["images"]]
     infos = [(_header_stamp_ns(raw, CameraInfo), t, raw) for t, raw in frames["infos"]]
     log_path = out_dir / "node.log"
+    if sim_time:
+        node_params = {"use_sim_time": True, **node_params}
     cmd = _node_command(map_path, params_file, node_params, frames)
     log_file = open(log_path, "w")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
-    client = _ReplayClient(frames["image_topic"], frames["info_topic"], status_type)
+    client = _ReplayClient(frames, status_type, sim_time)
     peak_rss = None
     try:
         _wait_for_node(proc, client.image_pub, client.status_sub, startup_timeout_s, log_path)
@@ -245,11 +284,11 @@ def _run_replay(
             from tqdm import tqdm
 
             bar = tqdm(total=len(images), desc="replay", unit="frame")
+        events = _events(images, infos, frames["robot"])
+        events = _publish_static(client, events)
         t_start = time.perf_counter()
         lock_step_timeout_s = frame_timeout_s if as_fast_as_possible else None
-        published = _play(
-            client, proc, log_path, images, infos, t_start, bar, rate, lock_step_timeout_s
-        )
+        published = _play(client, proc, log_path, events, t_start, bar, rate, lock_step_timeout_s)
         client.wait_for_answers(published, frame_timeout_s)
         t_end = time.perf_counter()
         if bar is not None:
@@ -261,6 +300,7 @@ def _run_replay(
         client.close()
     with client.lock:
         poses, statuses = dict(client.poses), dict(client.statuses)
+        base_poses, map_to_odom = list(client.base_poses), list(client.map_to_odom)
     metrics, duration = _replay_metrics(poses, statuses, published, t_start, t_end)
     return {
         **metrics,
@@ -269,7 +309,15 @@ def _run_replay(
         "mode": "as_fast_as_possible" if as_fast_as_possible else f"rate x{rate:g}",
         "duration_s": round(duration, 3),
         "node_log": str(log_path),
+        "map_to_odom_count": len(map_to_odom),
         "_poses": {s: poses[s][1] for s in published if s in poses},
+        "_robot": {
+            "base_poses": base_poses,
+            "frames": dict(published),
+            "fix_stamps": {s for s in published if s in statuses and statuses[s][1].success},
+            "reasons": [statuses[s][1].failure_reason for s in published if s in statuses],
+            "t_start": t_start,
+        },
     }
 
 
@@ -284,15 +332,19 @@ def _localization_status_type() -> Any:
 
 
 class _ReplayClient:
-    """A node in its own rclpy context: publishes the bag's messages, records poses and statuses
-    ({header stamp ns: (receive time, message)}) under `lock`."""
+    """A node in its own rclpy context: publishes the bag's messages (camera, /tf, /tf_static,
+    odometry; /clock with `sim_time`), records poses and statuses ({header stamp ns: (receive
+    time, message)}), every `base_pose` (`robot_eval.BasePose`, in arrival order) and every
+    map -> odom (receive time, Pose), under `lock`."""
 
-    def __init__(self, image_topic: str, info_topic: str | None, status_type: Any) -> None:
+    def __init__(self, frames: dict, status_type: Any, sim_time: bool = False) -> None:
         import rclpy
-        from geometry_msgs.msg import PoseStamped
+        from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image
+
+        from supergf_ros.ros.robot_frames import STATIC_QOS
 
         self.context = rclpy.Context()
         rclpy.init(args=[], context=self.context, domain_id=int(os.environ["ROS_DOMAIN_ID"]))
@@ -303,16 +355,40 @@ class _ReplayClient:
         self.lock = threading.Condition()
         self.poses: dict[int, tuple[float, Any]] = {}
         self.statuses: dict[int, tuple[float, Any]] = {}
+        self.base_poses: list = []
+        self.map_to_odom: list[tuple[float, Any]] = []
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        self.image_pub = self.node.create_publisher(Image, image_topic, reliable)
+        self.image_pub = self.node.create_publisher(Image, frames["image_topic"], reliable)
         self.info_pub = self.node.create_publisher(
-            CameraInfo, info_topic or "camera_info", reliable
+            CameraInfo, frames["info_topic"] or "camera_info", reliable
         )
+        self.robot_pubs = {}
+        for _, topic, msgtype, _ in frames["robot"]:
+            if topic not in self.robot_pubs:
+                qos = STATIC_QOS if topic == "/tf_static" else QoSProfile(depth=100)
+                cls = _message_class(msgtype)
+                self.robot_pubs[topic] = self.node.create_publisher(cls, topic, qos)
+        self.clock_pub = None
+        if sim_time:
+            from rosgraph_msgs.msg import Clock
+
+            self.clock_pub = self.node.create_publisher(Clock, "/clock", 10)
         self.node.create_subscription(PoseStamped, "/pose", self._on_pose, reliable)
+        self.node.create_subscription(
+            PoseWithCovarianceStamped, "/base_pose", self._on_base_pose, reliable
+        )
+        self._subscribe_tf()
         self.status_sub = self.node.create_subscription(
             status_type, "/status", self._on_status, reliable
         )
         self._spin.start()
+
+    def _subscribe_tf(self) -> None:
+        try:
+            from tf2_msgs.msg import TFMessage
+        except ImportError:  # no TF in this environment: no map -> odom to collect
+            return
+        self.node.create_subscription(TFMessage, "/tf", self._on_tf, 100)
 
     def _on_pose(self, msg: Any) -> None:
         with self.lock:
@@ -322,10 +398,41 @@ class _ReplayClient:
             )
             self.lock.notify_all()
 
+    def _on_base_pose(self, msg: Any) -> None:
+        from supergf_ros.geometry import Pose
+        from supergf_ros.ros.robot_eval import BasePose
+
+        p = msg.pose.pose
+        pose = Pose(
+            np.array([p.orientation.w, p.orientation.x, p.orientation.y, p.orientation.z]),
+            np.array([p.position.x, p.position.y, p.position.z]),
+        )
+        cov = np.asarray(msg.pose.covariance, dtype=np.float64).reshape(6, 6)
+        record = BasePose(time.perf_counter(), stamp_to_ns(msg.header.stamp), pose, cov)
+        with self.lock:
+            self.base_poses.append(record)
+
+    def _on_tf(self, msg: Any) -> None:
+        from supergf_ros.ros.robot_frames import transform_to_pose
+
+        for tf in msg.transforms:
+            if tf.child_frame_id == "odom" and tf.header.frame_id == "map":
+                with self.lock:
+                    self.map_to_odom.append((time.perf_counter(), transform_to_pose(tf.transform)))
+
     def _on_status(self, msg: Any) -> None:
         with self.lock:
             self.statuses[stamp_to_ns(msg.header.stamp)] = (time.perf_counter(), msg)
             self.lock.notify_all()
+
+    def publish_clock(self, stamp_ns: int) -> None:
+        if self.clock_pub is None:
+            return
+        from builtin_interfaces.msg import Time
+        from rosgraph_msgs.msg import Clock
+
+        sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+        self.clock_pub.publish(Clock(clock=Time(sec=sec, nanosec=nanosec)))
 
     def wait_for_answers(self, published: dict[int, float], timeout_s: float) -> None:
         """Until every published frame is answered, or nothing new came for a while."""
@@ -346,20 +453,46 @@ class _ReplayClient:
         self._spin.join(timeout=5)
 
 
-def _play(client, proc, log_path, images, infos, t_start, bar, rate, lock_step_timeout_s):
-    """Publish each image, after the CameraInfos received before it, at the bag's timing / `rate`
-    or, with a `lock_step_timeout_s`, once the previous frame is answered; {stamp: publish time}."""
+def _events(images, infos, robot) -> list[tuple[int, int, str, Any]]:
+    """Every message in log-time order: (log time, order, kind, payload); at equal log times the
+    robot's messages go first, then CameraInfo, then the image."""
+    events = [(t, 0, "robot", (topic, raw)) for t, topic, _, raw in robot]
+    events += [(t, 1, "info", raw) for _, t, raw in infos]
+    events += [(t, 2, "image", (stamp, raw)) for stamp, t, raw in images]
+    events.sort(key=lambda e: (e[0], e[1]))
+    return events
+
+
+def _publish_static(client, events: list, settle_s: float = 0.5) -> list:
+    """Publish /tf_static before playback (on a robot the static transforms are latched long
+    before the camera starts; played in order, the first image could beat them to the node's
+    worker); the remaining events."""
+    static = [e for e in events if e[2] == "robot" and e[3][0] == "/tf_static"]
+    for _, _, _, (topic, raw) in static:
+        client.robot_pubs[topic].publish(raw)
+    if static:
+        time.sleep(settle_s)
+    return [e for e in events if not (e[2] == "robot" and e[3][0] == "/tf_static")]
+
+
+def _play(client, proc, log_path, events, t_start, bar, rate, lock_step_timeout_s):
+    """Publish the bag's messages at its timing / `rate` or, with a `lock_step_timeout_s`, each
+    image once the previous one is answered; {image stamp: publish time}."""
     published: dict[int, float] = {}
-    stamp0 = images[0][1]
-    info_i = 0
-    for stamp_ns, bag_t, raw in images:
+    t0 = events[0][0]
+    for bag_t, _, kind, payload in events:
         if lock_step_timeout_s is None:
-            delay = t_start + (bag_t - stamp0) / 1e9 / rate - time.perf_counter()
+            delay = t_start + (bag_t - t0) / 1e9 / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-        while info_i < len(infos) and infos[info_i][1] <= bag_t:
-            client.info_pub.publish(infos[info_i][2])
-            info_i += 1
+        client.publish_clock(bag_t)
+        if kind == "robot":
+            client.robot_pubs[payload[0]].publish(payload[1])
+            continue
+        if kind == "info":
+            client.info_pub.publish(payload)
+            continue
+        stamp_ns, raw = payload
         if proc.poll() is not None:
             raise RuntimeError(f"the node exited during replay:\n{_tail(log_path)}")
         published[stamp_ns] = time.perf_counter()
@@ -491,6 +624,32 @@ def _evaluate(poses_by_stamp: dict[int, Any], source: dict, out_dir: Path) -> di
     return out
 
 
+def _evaluate_robot(robot: dict, source: dict, plot_path: Path) -> dict[str, Any]:
+    """The robot metrics (`robot_eval.robot_metrics`) and the base trajectory PNG."""
+    from supergf_ros.ros.robot_eval import plot_base_trajectory, robot_metrics, write_base_poses
+    from supergf_ros.ros.robot_sim import Trajectory
+
+    dense = source.get("robot", {}).get("base_trajectory")
+    truth = Trajectory.from_json(dense) if dense else None
+    out = robot_metrics(
+        robot["base_poses"],
+        robot["frames"],
+        robot["fix_stamps"],
+        robot["reasons"],
+        truth,
+        robot["t_start"],
+    )
+    out["base_poses_file"] = str(
+        write_base_poses(
+            plot_path.with_name("base_poses.txt"), robot["base_poses"], robot["fix_stamps"]
+        )
+    )
+    out["base_trajectory_png"] = str(
+        plot_base_trajectory(robot["base_poses"], robot["fix_stamps"], truth, plot_path)
+    )
+    return out
+
+
 def plot_trajectory(estimates: dict, reference: dict, path: Path, order: list[str]) -> Path:
     """Top view (the reference's two main axes) of estimated vs reference camera centres."""
     import matplotlib
@@ -566,10 +725,25 @@ def format_report(r: dict[str, Any]) -> str:
                 f"median errors: {r['median_translation_m']:.4f} m, "
                 f"{r['median_rotation_deg']:.4f} deg"
             )
+    if r.get("time_to_first_fix_s") is not None:
+        lines.append(
+            f"robot: first fix after {r['time_to_first_fix_s']:.2f} s, {r['fixes']} fixes "
+            f"({fmt(r['fix_rate_hz'], '.2f')} Hz), {r['fixes_rejected']} rejected, "
+            f"{r['base_poses']} base poses"
+        )
+    if "base_pose_recall" in r:
+        lines.append(
+            "base_pose recall: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in r["base_pose_recall"].items())
+            + f"; jumps {r['jumps']}, wrong fixes (> 1 m) {r['wrong_fixes_1m']}, "
+            f"NEES mean {fmt(r['nees_mean'], '.2f')}"
+        )
     if r.get("failure_reasons"):
         top = sorted(r["failure_reasons"].items(), key=lambda kv: -kv[1])[:3]
         lines.append("failures: " + "; ".join(f"{n}x {k}" for k, n in top))
-    lines.append(f"trajectory plot: {r['trajectory_png']}; results: {r['json']}")
+    lines.append(
+        f"trajectory plots: {r['trajectory_png']}, {r['base_trajectory_png']}; results: {r['json']}"
+    )
     return "\n".join(lines)
 
 
@@ -601,12 +775,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "-p",
         "--param",
+        "--node-param",
         action="append",
         default=[],
         metavar="NAME:=VALUE",
         help="node parameter override (repeatable)",
     )
     p.add_argument("--superpoint-weights", type=Path, help="SuperPoint weights for the node")
+    p.add_argument(
+        "--sim-time",
+        action="store_true",
+        help="publish /clock from the bag and run the node with use_sim_time",
+    )
+    p.add_argument("--plot", type=Path, help="base trajectory PNG (default: beside the JSON)")
     p.add_argument("--domain-id", type=int, help="ROS domain id (default: random in 1..101)")
     p.add_argument("--startup-timeout", type=float, default=180.0, help="seconds (default 180)")
     p.set_defaults(func=run)
@@ -631,6 +812,8 @@ def run(args: argparse.Namespace) -> int:
             output_dir=args.output,
             startup_timeout_s=args.startup_timeout,
             progress=not args.json,
+            sim_time=args.sim_time,
+            plot_path=args.plot,
         )
     except RuntimeError as err:
         print(f"supergf-ros replay: error: {err}", file=sys.stderr)
