@@ -161,3 +161,27 @@ def test_without_odometry_the_node_localizes_camera_only_and_says_so(robot):
         5.0,
     )
     assert robot.proc.poll() is None
+
+
+def test_unknown_extrinsic_publishes_the_camera_pose_but_no_base_pose(robot):
+    image, camera, _ = _query(robot.scene, 4)
+    robot.send_camera_info(camera)
+    fields = numpy_to_image_fields(image, "rgb8")
+    stamp = robot.next_stamp()
+    msg = robot.image_msg(fields, stamp)
+    msg.header.frame_id = "camera_without_tf"
+    robot.image_pub.publish(msg)
+    assert wait_until(lambda: robot.status_for(stamp) is not None, 60.0), robot.tail()
+    st = robot.status_for(stamp)
+    assert st.success, st.failure_reason
+    assert any(p.header.stamp == st.header.stamp for p in robot.poses)
+    assert not any(b.header.stamp == st.header.stamp for b in robot.base)
+    assert wait_until(
+        lambda: any(
+            "base_pose and map -> odom are not published" in kv.value
+            for d in list(robot.diag)
+            for kv in (d.status[0].values if d.status else [])
+            if kv.key == "extrinsic_error"
+        ),
+        5.0,
+    )

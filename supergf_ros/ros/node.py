@@ -441,8 +441,11 @@ class _LocalizerCore:
             self._report_failure(msg, f"bad input: {err}", {}, queue_ms)
             return
         stamp_ns = stamp_to_ns(msg.header.stamp)
-        base_from_cam = self._frames.base_from_camera(msg.header.frame_id, stamp_ns)
-        odom_from_base = self._frames.odom_from_base(stamp_ns)
+        self._frames.wait_for(msg.header.frame_id, stamp_ns)
+        base_from_cam, extrinsic_known = self._frames.base_from_camera(
+            msg.header.frame_id, stamp_ns
+        )
+        odom_from_base = self._frames.odom_from_base(stamp_ns) if extrinsic_known else None
         prior = self._tracker.prior(stamp_ns, odom_from_base, base_from_cam)
         prior_age = self._tracker.prior_age_s(stamp_ns) if prior else float("nan")
         try:
@@ -456,7 +459,8 @@ class _LocalizerCore:
             self._report_failure(msg, decision.reason, result, queue_ms, extra)
             return
         self._publish_pose(msg, result)
-        self._publish_base_pose(msg.header.stamp, decision)
+        if extrinsic_known:
+            self._publish_base_pose(msg.header.stamp, decision)
         with self._lock:  # count before the status goes out, so its counters include this frame
             self._counts["processed"] += 1
             self._counts["localized"] += 1

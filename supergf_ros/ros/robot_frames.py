@@ -3,6 +3,7 @@ the camera extrinsic and the odometry pose of a frame; map -> odom out."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ try:
 except ImportError:  # tf2_msgs is not on PyPI; scripts/build_msgs.sh builds it
     TFMessage = None
 
-ODOMETRY_SOURCES = ("tf", "topic", "none")
+IDENTITY = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]  # base_from_camera's default: x y z qx qy qz qw
 STATIC_QOS = QoSProfile(
     depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
@@ -86,19 +87,41 @@ class RobotFrames:
         except ValueError:
             return
 
-    def base_from_camera(self, camera_frame: str, stamp_ns: int) -> Pose:
-        """From TF when it has base -> camera, else the `base_from_camera` parameter."""
+    def wait_for(self, camera_frame: str, stamp_ns: int) -> None:
+        """Wait up to `transform_tolerance` for the extrinsic and the odometry at `stamp_ns`, as
+        tf2's message filter does; only for frames TF has shown (camera-only setups never wait)."""
+        base, odom = self.params["base_frame"], self.params["odom_frame"]
+        deadline = time.monotonic() + float(self.params["transform_tolerance"])
+        while time.monotonic() < deadline:
+            known = set(self.buffer.frames)
+            wanted = [(base, camera_frame)] if camera_frame in known and base in known else []
+            if self.params["odometry_source"] != "none" and odom in known and base in known:
+                wanted.append((odom, base))
+            if all(self.buffer.can_transform(t, s, stamp_ns) for t, s in wanted):
+                return
+            time.sleep(0.005)
+
+    def base_from_camera(self, camera_frame: str, stamp_ns: int) -> tuple[Pose, bool]:
+        """(base_from_camera, known): from TF when it has base -> camera, else the parameter;
+        not known when that is the default identity for a camera frame other than the base's
+        (then no base pose or map -> odom may be derived from it)."""
         base = self.params["base_frame"]
-        if camera_frame and camera_frame != base:
-            try:
-                pose = self.buffer.lookup(base, camera_frame, stamp_ns)
-                self.extrinsic_error = ""
-                return pose
-            except TransformError as err:
-                self.extrinsic_error = (
-                    f"no TF {base} -> {camera_frame} ({err}); using base_from_camera"
-                )
-        return self.fixed_base_from_camera
+        if not camera_frame or camera_frame == base:
+            return self.fixed_base_from_camera, True
+        try:
+            pose = self.buffer.lookup(base, camera_frame, stamp_ns)
+            self.extrinsic_error = ""
+            return pose, True
+        except TransformError as err:
+            known = [float(v) for v in self.params["base_from_camera"]] != IDENTITY
+            what = (
+                "using the base_from_camera parameter"
+                if known
+                else "base_pose and map -> odom are not published (set base_from_camera or "
+                "publish TF)"
+            )
+            self.extrinsic_error = f"no TF {base} -> {camera_frame} ({err}); {what}"
+            return self.fixed_base_from_camera, known
 
     def odom_from_base(self, stamp_ns: int) -> Pose | None:
         """The odometry pose of the base at `stamp_ns` (latest within transform_tolerance)."""
