@@ -294,3 +294,31 @@ __all__ = [
     "load_npy_safely",
     "remove_stale_temp_files",
 ]
+
+
+_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+
+
+def decode_image_bytes(buf: bytes, what: str, flags: int | None = None):
+    """JPEG or PNG bytes decoded by OpenCV (BGR or gray, as cv2.imdecode returns them).
+
+    ValueError naming `what` for a payload that is neither, truncated (no end marker: libjpeg
+    would return a half-decoded image with only a warning) or corrupt."""
+    import cv2
+    import numpy as np
+
+    if buf.startswith(_JPEG_START):
+        kind, complete = "JPEG", buf.rstrip(b"\x00").endswith(_JPEG_END)
+    elif buf.startswith(_PNG_START):
+        kind, complete = "PNG", buf.endswith(_PNG_END)
+    else:
+        raise ValueError(f"{what} is neither JPEG nor PNG ({len(buf)} B starting {buf[:8].hex()})")
+    if not complete:
+        raise ValueError(f"{what}: truncated {kind} ({len(buf)} B, no end marker)")
+    image = cv2.imdecode(
+        np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED if flags is None else flags
+    )
+    if image is None or image.size == 0:
+        raise ValueError(f"{what}: corrupt {kind} ({len(buf)} B do not decode)")
+    return image

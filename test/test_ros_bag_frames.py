@@ -268,3 +268,54 @@ def test_cli_prints_summary_and_validates(rgb_bag, tmp_path, capsys):
             main(["bag-frames", str(rgb_bag), str(out), *bad])
         assert exc.value.code == 2
         assert bad[0] in capsys.readouterr().err
+
+
+def test_compressed_bag_round_trip(fountain, tmp_path):
+    bag = tmp_path / "jpeg"
+    summary = make_bag(
+        fountain,
+        bag,
+        image_names=NAMES[:2],
+        rate_hz=RATE_HZ,
+        max_size=MAX_SIZE,
+        encoding="jpeg",
+        progress=False,
+    )
+    assert summary["num_frames"] == 2
+    out = extract_frames(bag, tmp_path / "frames", progress=False)
+    assert out["image_topic"] == "/camera/image_raw/compressed" and out["num_frames"] == 2
+    frames = _pngs(tmp_path / "frames")
+    for name, path in zip(NAMES[:2], frames):
+        got, want = _read_rgb(path), _expected_rgb(fountain, name, MAX_SIZE)
+        assert got.shape == want.shape and np.abs(got.astype(int) - want).mean() < 4.0  # JPEG
+
+
+def test_a_truncated_jpeg_fails_make_bag_with_its_name(fountain, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    dataset = tmp_path / "dataset"
+    shutil.copytree(fountain, dataset)
+    image = dataset / "images" / NAMES[1]
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    (tmp_path / "q.txt").write_text("\n".join(NAMES[:3]) + "\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "supergf_ros.cli",
+            "make-bag",
+            str(dataset),
+            "--queries",
+            str(tmp_path / "q.txt"),
+            "--out",
+            str(tmp_path / "bag"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert NAMES[1] in proc.stderr and "truncated JPEG" in proc.stderr
+    assert not (tmp_path / "bag").exists()  # nothing half-written

@@ -301,3 +301,59 @@ def test_kitti01_right_camera_on_a_robot_with_drifting_odometry(
         )
     assert r["base_pose_recall"]["0.5m_2deg"] >= 0.95, r
     assert r["jumps"] == 0, r
+
+
+def test_replay_of_a_corrupt_bag_is_a_clear_error(tmp_path, data_dir):
+    from supergf_ros.ros.make_bag import make_bag
+
+    bag = tmp_path / "bag"
+    make_bag(data_dir / "strecha" / "fountain-P11", bag, image_names=["0001.jpg"], progress=False)
+    mcap = next(bag.glob("*.mcap"))
+    data = bytearray(mcap.read_bytes())
+    data[-20:] = b"\x00" * 20  # the file end magic
+    mcap.write_bytes(bytes(data))
+    (tmp_path / "map.h5").write_bytes(b"unused")
+    proc = subprocess.run(
+        [*CLI, "replay", str(bag), "--map", str(tmp_path / "map.h5")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot read bag" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.ros
+def test_replay_of_a_compressed_bag(cache_dir, tmp_path):
+    from ros_testing import synthetic_sift_map
+
+    from supergf_ros.ros.make_bag import make_bag
+
+    scene = synthetic_sift_map(cache_dir)
+    make_bag(
+        scene["scene"],
+        tmp_path / "q",
+        image_names=scene["queries"][:3],
+        rate_hz=1.0,
+        encoding="jpeg",
+        progress=False,
+    )
+    proc = subprocess.run(
+        [
+            *CLI,
+            "replay",
+            str(tmp_path / "q"),
+            "--map",
+            str(scene["map"]),
+            "--json",
+            "--as-fast-as-possible",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout)
+    assert r["frames_in"] == 3 and r["frames_localized"] >= 2

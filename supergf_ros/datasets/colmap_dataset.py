@@ -107,8 +107,18 @@ class Dataset:
         """The image as HxWx3 uint8 RGB (or HxW gray)."""
         import cv2
 
+        from ..io_utils import decode_image_bytes
+
         path = self.image_path(name)
-        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR)
+        flags = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
+        if path.suffix.lower() in (
+            ".jpg",
+            ".jpeg",
+            ".png",
+        ):  # truncation is an error, not a warning
+            image = decode_image_bytes(path.read_bytes(), f"image {path}", flags)
+        else:
+            image = cv2.imread(str(path), flags)
         if image is None:
             raise ValueError(f"cannot decode image {path}")
         return image if grayscale else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

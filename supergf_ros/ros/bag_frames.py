@@ -33,6 +33,17 @@ logger = logging.getLogger(__name__)
 FRAMES_FILE = "frames.json"
 FRAMES_FORMAT = "supergf_ros.bag_frames"
 IMAGE_MSGTYPE = "sensor_msgs/msg/Image"
+COMPRESSED_MSGTYPE = "sensor_msgs/msg/CompressedImage"
+IMAGE_MSGTYPES = (IMAGE_MSGTYPE, COMPRESSED_MSGTYPE)
+
+
+def decode_image_message(msg: Any, msgtype: str):
+    """HxW or HxWx3 RGB uint8 of an Image or CompressedImage message; ValueError if bad."""
+    from supergf_ros.ros.conversions import compressed_to_numpy, image_to_numpy
+
+    return compressed_to_numpy(msg) if msgtype == COMPRESSED_MSGTYPE else image_to_numpy(msg)
+
+
 STAMP_DIGITS = 19
 
 
@@ -192,8 +203,6 @@ def _write_frames(reader, conn, typestore, selected, images_dir, max_size, progr
     import cv2
     from tqdm import tqdm
 
-    from supergf_ros.ros.conversions import image_to_numpy
-
     written: list[int] = []
     skipped = 0
     with tqdm(total=len(selected), desc="bag-frames", unit="frame", disable=not progress) as bar:
@@ -203,7 +212,7 @@ def _write_frames(reader, conn, typestore, selected, images_dir, max_size, progr
             stamp, name = selected[index]
             bar.update()
             try:
-                image = image_to_numpy(typestore.deserialize_cdr(raw, c.msgtype))
+                image = decode_image_message(typestore.deserialize_cdr(raw, c.msgtype), c.msgtype)
             except ValueError as err:
                 skipped += 1
                 logger.warning("skipping frame at stamp %d ns: %s", stamp, err)
@@ -243,35 +252,27 @@ def _check_output(out_dir: Path, images_dir: Path, overwrite: bool) -> None:
 
 
 def image_connection(connections: Any, image_topic: str | None, bag_path: Path) -> Any:
-    """The bag connection of `image_topic`, or of the only Image topic when it is None."""
-    images = [c for c in connections if c.msgtype == IMAGE_MSGTYPE]
+    """The bag connection of `image_topic` (Image or CompressedImage), or of the only one."""
+    images = [c for c in connections if c.msgtype in IMAGE_MSGTYPES]
     topics = sorted({c.topic for c in images})
+    kinds = " or ".join(IMAGE_MSGTYPES)
     if image_topic is not None:
         matching = [c for c in images if c.topic == image_topic]
         if not matching:
             other = [c.msgtype for c in connections if c.topic == image_topic]
             what = f"has type {other[0]}" if other else "is not in the bag"
-            raise ValueError(
-                f"topic {image_topic} {what}; {IMAGE_MSGTYPE} topics of {bag_path}: {topics}"
-            )
+            raise ValueError(f"topic {image_topic} {what}; {kinds} topics of {bag_path}: {topics}")
         if len(matching) > 1:
             raise ValueError(f"bag {bag_path} has {len(matching)} connections on {image_topic}")
         return matching[0]
     if len(images) == 1:
         return images[0]
     if not images:
-        compressed = sorted(
-            {c.topic for c in connections if c.msgtype == "sensor_msgs/msg/CompressedImage"}
-        )
-        hint = (
-            f" (CompressedImage topics {compressed} are not supported: record raw images)"
-            if compressed
-            else ""
-        )
-        raise ValueError(f"bag {bag_path} has no {IMAGE_MSGTYPE} topic{hint}")
+        raise ValueError(f"bag {bag_path} has no {kinds} topic")
+    types = sorted({c.msgtype for c in images})
     raise ValueError(
-        f"bag {bag_path} has {len(images)} {IMAGE_MSGTYPE} topics {topics}; pick one with "
-        "image_topic (--image-topic)"
+        f"bag {bag_path} has {len(images)} {types[0] if len(types) == 1 else 'image'} topics "
+        f"{topics}; pick one with image_topic (--image-topic)"
     )
 
 

@@ -482,8 +482,6 @@ def stamp_to_ns(stamp: Any) -> int:
 
 
 COMPRESSED_FORMATS = ("jpeg", "png")
-_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
-_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
 
 
 def compressed_to_numpy(msg: Any) -> np.ndarray:
@@ -493,27 +491,12 @@ def compressed_to_numpy(msg: Any) -> np.ndarray:
     payload's own signature decides. 16-bit PNG is scaled as `image_to_numpy` scales mono16.
 
     Raises:
-        ValueError: an unknown format, or truncated or corrupt data (libjpeg would otherwise
-            return a half-decoded frame with only a warning).
+        ValueError: an unknown format, or truncated or corrupt data.
     """
-    import cv2
+    from ..io_utils import decode_image_bytes
 
-    buf = _as_bytes(getattr(msg, "data", None))
-    fmt = getattr(msg, "format", "")
-    if buf.startswith(_JPEG_START):
-        kind, complete = "JPEG", buf.rstrip(b"\x00").endswith(_JPEG_END)
-    elif buf.startswith(_PNG_START):
-        kind, complete = "PNG", buf.endswith(_PNG_END)
-    else:
-        raise ValueError(
-            f"compressed image is neither JPEG nor PNG (format '{bounded_text(fmt, 64)}', "
-            f"{len(buf)} B starting {buf[:8].hex() or 'empty'})"
-        )
-    if not complete:
-        raise ValueError(f"compressed {kind} image is truncated ({len(buf)} B, no end marker)")
-    image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        raise ValueError(f"compressed {kind} image is corrupt ({len(buf)} B do not decode)")
+    fmt = bounded_text(getattr(msg, "format", ""), 64)
+    image = decode_image_bytes(_as_bytes(getattr(msg, "data", None)), f"compressed image ({fmt})")
     if image.dtype == np.uint16:
         image = _scale_to_uint8(image if image.ndim == 2 else image[..., 0])
     if image.ndim == 3 and image.shape[2] == 1:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from supergf_ros.io_utils import atomic_output_dir
+from supergf_ros.ros.conversions import COMPRESSED_FORMATS
 from supergf_ros.ros.robot_bag import (
     TF_STATIC_TOPIC,
     TF_TOPIC,
@@ -105,7 +106,8 @@ def make_bag(
         "format": SOURCE_FORMAT,
         "dataset": str(Path(dataset_dir).resolve()),
         "rate_hz": _mean_rate(stamps),
-        "image_topic": image_topic,
+        # image_transport's naming: CompressedImage on <base topic>/compressed
+        "image_topic": image_topic + ("/compressed" if encoding in COMPRESSED_FORMATS else ""),
         "camera_info_topic": camera_info_topic,
         "frame_id": frame_id,
         "encoding": encoding,
@@ -169,8 +171,11 @@ def _check_options(rate_hz, encoding: str, storage: str, max_size, topics) -> No
 
     if not rate_hz > 0:
         raise ValueError(f"rate must be positive (frames per second), got {rate_hz}")
-    if encoding not in SUPPORTED_ENCODINGS:
-        raise ValueError(f"unsupported encoding '{encoding}'; choose from {SUPPORTED_ENCODINGS}")
+    if encoding not in (*SUPPORTED_ENCODINGS, *COMPRESSED_FORMATS):
+        raise ValueError(
+            f"unsupported encoding '{encoding}'; choose from {SUPPORTED_ENCODINGS} or, for "
+            f"sensor_msgs/CompressedImage, {COMPRESSED_FORMATS}"
+        )
     if storage not in ("mcap", "sqlite3"):
         raise ValueError(f"storage must be 'mcap' or 'sqlite3', got '{storage}'")
     if max_size is not None and max_size < 16:
@@ -187,7 +192,7 @@ def _write_bag(bag_dir, storage, dataset, names, stamps, source, max_size, progr
     from rosbags.typesys import Stores, get_typestore
 
     typestore = get_typestore(Stores.ROS2_KILTED)
-    image_type = typestore.types["sensor_msgs/msg/Image"].__msgtype__
+    image_type = _image_msgtype(source["encoding"])
     info_type = typestore.types["sensor_msgs/msg/CameraInfo"].__msgtype__
     iterator: Any = names
     if progress:
@@ -237,8 +242,13 @@ def _frame_raw(typestore, dataset, name: str, stamp_ns: int, source: dict, max_s
     )
     return (
         typestore.serialize_cdr(info_msg, "sensor_msgs/msg/CameraInfo"),
-        typestore.serialize_cdr(img_msg, "sensor_msgs/msg/Image"),
+        typestore.serialize_cdr(img_msg, _image_msgtype(source["encoding"])),
     )
+
+
+def _image_msgtype(encoding: str) -> str:
+    compressed = encoding in COMPRESSED_FORMATS
+    return "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
 
 
 def _frame_entry(dataset, name: str, stamp_ns: int, options: RobotOptions) -> dict[str, Any]:
@@ -254,7 +264,11 @@ def _frame_entry(dataset, name: str, stamp_ns: int, options: RobotOptions) -> di
 
 def _frame_messages(typestore, image, camera, stamp_ns: int, frame_id: str, encoding: str):
     """(Image, CameraInfo) messages of one frame, sharing one header."""
-    from supergf_ros.ros.conversions import camera_to_camera_info_fields, numpy_to_image_fields
+    from supergf_ros.ros.conversions import (
+        camera_to_camera_info_fields,
+        numpy_to_compressed_fields,
+        numpy_to_image_fields,
+    )
 
     types = typestore.types
     Time = types["builtin_interfaces/msg/Time"]
@@ -262,9 +276,12 @@ def _frame_messages(typestore, image, camera, stamp_ns: int, frame_id: str, enco
         stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
         frame_id=frame_id,
     )
-    fields = numpy_to_image_fields(image, encoding)
+    if encoding in COMPRESSED_FORMATS:
+        fields = numpy_to_compressed_fields(image, encoding)
+    else:
+        fields = numpy_to_image_fields(image, encoding)
     fields["data"] = np.frombuffer(fields["data"], dtype=np.uint8)
-    img_msg = types["sensor_msgs/msg/Image"](header=header, **fields)
+    img_msg = types[_image_msgtype(encoding)](header=header, **fields)
     roi = types["sensor_msgs/msg/RegionOfInterest"](
         x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
     )
@@ -304,7 +321,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help=f"frames per second (default: DATASET/times.txt if there, else {DEFAULT_RATE_HZ:g})",
     )
     timing.add_argument("--times", type=Path, help="'name timestamp_s' per line (KITTI times)")
-    p.add_argument("--encoding", default="rgb8", help="image encoding (default rgb8)")
+    p.add_argument(
+        "--encoding",
+        default="rgb8",
+        help="image encoding (default rgb8); jpeg or png write sensor_msgs/CompressedImage",
+    )
+    p.add_argument(
+        "--compressed",
+        action="store_true",
+        help="JPEG sensor_msgs/CompressedImage on <image topic>/compressed (= --encoding jpeg)",
+    )
     p.add_argument("--max-size", type=int, help="resize: longer image side at most this")
     p.add_argument("--image-topic", default=DEFAULT_IMAGE_TOPIC)
     p.add_argument("--camera-info-topic", default=DEFAULT_CAMERA_INFO_TOPIC)
@@ -365,7 +391,7 @@ def run(args: argparse.Namespace) -> int:
         rate_hz=args.rate,
         times=times,
         robot=robot,
-        encoding=args.encoding,
+        encoding="jpeg" if args.compressed else args.encoding,
         image_topic=args.image_topic,
         camera_info_topic=args.camera_info_topic,
         frame_id=args.frame_id,

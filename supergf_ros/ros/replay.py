@@ -100,7 +100,17 @@ def _patched_environ(values: dict[str, str]):
 
 
 def read_bag_frames(bag_path: Path, image_topic: str | None, info_topic: str | None) -> dict:
-    """Raw CDR messages of the bag: {"images": [(stamp_ns, raw)], "infos": [...], topics}."""
+    """Raw CDR messages of the bag: {"images": [(stamp_ns, raw)], "infos": [...], topics}.
+    ValueError for a corrupt or truncated bag (as bag-frames)."""
+    from rosbags.rosbag2 import ReaderError
+
+    try:
+        return _read_bag_frames(bag_path, image_topic, info_topic)
+    except ReaderError as err:
+        raise ValueError(f"cannot read bag {bag_path}: {err}") from err
+
+
+def _read_bag_frames(bag_path: Path, image_topic: str | None, info_topic: str | None) -> dict:
     from rosbags.rosbag2 import Reader
 
     from supergf_ros.ros.bag_frames import image_connection
@@ -108,7 +118,8 @@ def read_bag_frames(bag_path: Path, image_topic: str | None, info_topic: str | N
     if not (bag_path / "metadata.yaml").is_file():
         raise FileNotFoundError(f"not a rosbag2 folder (no metadata.yaml): {bag_path}")
     with Reader(bag_path) as reader:
-        image_topic = image_connection(reader.connections, image_topic, bag_path).topic
+        image_conn = image_connection(reader.connections, image_topic, bag_path)
+        image_topic = image_conn.topic
         info_topics = [
             c.topic for c in reader.connections if c.msgtype == "sensor_msgs/msg/CameraInfo"
         ]
@@ -128,6 +139,7 @@ def read_bag_frames(bag_path: Path, image_topic: str | None, info_topic: str | N
         "infos": infos,
         "robot": robot,
         "image_topic": image_topic,
+        "image_msgtype": image_conn.msgtype,
         "info_topic": info_topic,
     }
 
@@ -232,13 +244,26 @@ def replay_bag(
     return result
 
 
+def _image_params(frames: dict) -> dict[str, str]:
+    """The node's image_topic (and image_transport) for the bag's image topic."""
+    topic = frames["image_topic"]
+    if frames["image_msgtype"] != "sensor_msgs/msg/CompressedImage":
+        return {"image_topic": topic}
+    if not topic.endswith("/compressed"):  # the node subscribes image_transport's way
+        raise ValueError(
+            f"CompressedImage topic {topic} does not end in /compressed, as image_transport "
+            "names it; the node cannot subscribe to it"
+        )
+    return {"image_topic": topic.removesuffix("/compressed"), "image_transport": "compressed"}
+
+
 def _node_command(map_path: Path, params_file, node_params: dict, frames: dict) -> list[str]:
     cmd = [sys.executable, "-m", "supergf_ros.ros.node", "--ros-args"]
     if params_file is not None:
         cmd += ["--params-file", str(params_file)]
     params = {
         "map_path": str(map_path.resolve()),
-        "image_topic": frames["image_topic"],
+        **_image_params(frames),
         **({"camera_info_topic": frames["info_topic"]} if frames["info_topic"] else {}),
         **node_params,
     }
@@ -247,6 +272,13 @@ def _node_command(map_path: Path, params_file, node_params: dict, frames: dict) 
             value = str(value).lower()
         cmd += ["-p", f"{key}:={value}"]
     return cmd
+
+
+def _image_type(frames: dict) -> Any:
+    from sensor_msgs.msg import CompressedImage, Image
+
+    compressed = frames["image_msgtype"] == "sensor_msgs/msg/CompressedImage"
+    return CompressedImage if compressed else Image
 
 
 def _run_replay(
@@ -264,10 +296,11 @@ def _run_replay(
     sim_time: bool = False,
 ) -> dict[str, Any]:
     """Start the node, play `frames` to it, stop it; the metrics and the poses (`_poses`)."""
-    from sensor_msgs.msg import CameraInfo, Image
+    from sensor_msgs.msg import CameraInfo
 
     status_type = _localization_status_type()
-    images = [(_header_stamp_ns(raw, Image), t, raw) for t, raw in frames["images"]]
+    image_type = _image_type(frames)
+    images = [(_header_stamp_ns(raw, image_type), t, raw) for t, raw in frames["images"]]
     infos = [(_header_stamp_ns(raw, CameraInfo), t, raw) for t, raw in frames["infos"]]
     log_path = out_dir / "node.log"
     if sim_time:
@@ -342,7 +375,7 @@ class _ReplayClient:
         from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import CameraInfo, Image
+        from sensor_msgs.msg import CameraInfo
 
         from supergf_ros.ros.robot_frames import STATIC_QOS
 
@@ -358,7 +391,9 @@ class _ReplayClient:
         self.base_poses: list = []
         self.map_to_odom: list[tuple[float, Any]] = []
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        self.image_pub = self.node.create_publisher(Image, frames["image_topic"], reliable)
+        self.image_pub = self.node.create_publisher(
+            _image_type(frames), frames["image_topic"], reliable
+        )
         self.info_pub = self.node.create_publisher(
             CameraInfo, frames["info_topic"] or "camera_info", reliable
         )
