@@ -195,3 +195,18 @@ def _read_poses(read, path: Path, count: int) -> list[Pose]:
         except ValueError as err:
             raise MapFormatError(f"map {path}: keyframes/cam_from_world[{i}]: {err}") from None
     return poses
+
+
+def check_seal_layout(path: Path, regions: list, size: int, actual_size: int) -> None:
+    """The file's length and the integrity header's regions (offset, length) are plausible:
+    in order, inside the file, after the header; MapFormatError otherwise."""
+    if actual_size != size:
+        raise MapFormatError(
+            f"map {path} is {'truncated' if actual_size < size else 'longer than written'}: "
+            f"{actual_size} B, written as {size} B"
+        )
+    pos = USERBLOCK_SIZE
+    for _, offset, n, _ in regions:
+        if offset < pos or n <= 0 or offset + n > size:
+            raise MapFormatError(f"map {path}: its integrity header is corrupt (bad region)")
+        pos = offset + n

@@ -70,6 +70,7 @@ from .map_base import (  # noqa: F401 (re-exported)
     _read_version,
     _strings,
     _text_crc,
+    check_seal_layout,
     strip_runtime_options,
 )
 
@@ -391,16 +392,7 @@ def _check_seal(raw: bytes, path: Path) -> None:
         raise MapFormatError(
             f"map {path}: its integrity header (the first {USERBLOCK_SIZE} B) is corrupt: {err}"
         ) from None
-    if len(raw) != size:
-        raise MapFormatError(
-            f"map {path} is {'truncated' if len(raw) < size else 'longer than written'}: "
-            f"{len(raw)} B, written as {size} B"
-        )
-    pos = USERBLOCK_SIZE
-    for _name, offset, n, _ in regions:
-        if offset < pos or n <= 0 or offset + n > size:
-            raise MapFormatError(f"map {path}: its integrity header is corrupt (bad region)")
-        pos = offset + n
+    check_seal_layout(path, regions, size, len(raw))
     got, got_rest = _region_crcs(raw, [(n, o, z) for n, o, z, _ in regions])
     for (name, *_, crc), (_, _, _, actual) in zip(regions, got, strict=True):
         if crc != actual:
@@ -529,19 +521,12 @@ def read_map(path: str | Path) -> MapData:
         raise MapFormatError(
             f"{path} is not a readable map file (corrupt, truncated or not HDF5): {err}"
         ) from err
-    try:
+
+    def read() -> MapData:
         with f:
-            data = _read_open_map(f, path, file_size, sealed)
-    except (MapFormatError, NameError, ImportError):
-        raise  # (the latter two: bugs or a broken install, not a damaged file)
-    except (Exception, RecursionError) as err:  # h5py/HDF5 errors on damaged files
-        raise MapFormatError(
-            f"map {path} is corrupt or truncated: {type(err).__name__}: {err}"
-        ) from err
-    try:
-        return data.validate()
-    except MapFormatError as err:
-        raise MapFormatError(f"map {path}: {str(err).removeprefix('map: ')}") from None
+            return _read_open_map(f, path, file_size, sealed)
+
+    return _read_validated(path, read)
 
 
 def _read_open_map(f, path: Path, file_size: int, sealed: bool = False) -> MapData:
@@ -651,10 +636,15 @@ def _read_arrays(read, path: Path) -> dict[str, np.ndarray]:
 def _read_v3(path: Path) -> MapData:
     from .map_store import read_v3
 
+    return _read_validated(path, lambda: MapData(**read_v3(path)))
+
+
+def _read_validated(path: Path, read) -> MapData:
+    """`read()`'s map, validated; any failure of a damaged file as a MapFormatError."""
     try:
-        data = MapData(**read_v3(path))
+        data = read()
     except (MapFormatError, NameError, ImportError):
-        raise
+        raise  # (the latter two: bugs or a broken install, not a damaged file)
     except (Exception, RecursionError) as err:  # h5py/HDF5 errors on damaged files
         raise MapFormatError(
             f"map {path} is corrupt or truncated: {type(err).__name__}: {err}"

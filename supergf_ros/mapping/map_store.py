@@ -60,6 +60,7 @@ from .map_base import (
     _read_cameras,
     _read_poses,
     _strings,
+    check_seal_layout,
 )
 
 if TYPE_CHECKING:
@@ -231,17 +232,7 @@ def check_seal_v3(path: Path, lazy: bool) -> dict[str, tuple[int, int]]:
             raise MapFormatError(
                 f"map {path}: its integrity header (the first {USERBLOCK_SIZE} B) is corrupt: {err}"
             ) from None
-        actual = os.fstat(fd).st_size
-        if actual != size:
-            raise MapFormatError(
-                f"map {path} is {'truncated' if actual < size else 'longer than written'}: "
-                f"{actual} B, written as {size} B"
-            )
-        pos = USERBLOCK_SIZE
-        for _, offset, n, _ in regions:
-            if offset < pos or n <= 0 or offset + n > size:
-                raise MapFormatError(f"map {path}: its integrity header is corrupt (bad region)")
-            pos = offset + n
+        check_seal_layout(path, regions, size, os.fstat(fd).st_size)
         skip = set(LAZY_REGIONS) if lazy else set()
         got, got_rest = _regions(fd, [(n, o, z) for n, o, z, _ in regions], size, skip)
     finally:
