@@ -111,24 +111,33 @@ class Launched:
         )
 
     def send(self, query: int = 0, timeout: float = 60.0):
-        """Publish CameraInfo and one query image; return (status, ground truth pose)."""
+        """Publish CameraInfo and one query image; return (status, ground truth pose).
+
+        The node subscribes with sensor QoS (best effort): messages sent while its side of the
+        discovery is still settling can be lost, so a frame whose status did not come, or says
+        the CameraInfo did not arrive, is sent again with a new stamp."""
         from supergf_ros.datasets import Dataset
 
         ds = Dataset(self.scene["scene"])
         name = self.scene["queries"][query]
         info = CameraInfo(**camera_to_camera_info_fields(ds.camera(name)))
-        for _ in range(3):
-            self.info_pub.publish(info)
         fields = numpy_to_image_fields(ds.read_image(name), "rgb8")
-        msg = Image(**{k: v for k, v in fields.items() if k != "data"})
-        msg.data = fields["data"]
-        self.stamp += 1
-        stamp = self.stamp * 1_000_000
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
-        msg.header.frame_id = "camera"
-        self.image_pub.publish(msg)
-        assert wait_until(lambda: self._for(self.status, stamp) is not None, timeout), self.tail()
-        return self._for(self.status, stamp), ds.cam_from_world(name)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for _ in range(3):
+                self.info_pub.publish(info)
+            msg = Image(**{k: v for k, v in fields.items() if k != "data"})
+            msg.data = fields["data"]
+            self.stamp += 1
+            stamp = self.stamp * 1_000_000
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+            msg.header.frame_id = "camera"
+            self.image_pub.publish(msg)
+            if wait_until(lambda s=stamp: self._for(self.status, s) is not None, 5.0):
+                st = self._for(self.status, stamp)
+                if "no CameraInfo received" not in st.failure_reason:
+                    return st, ds.cam_from_world(name)
+        raise AssertionError(f"no status for the frame in {timeout:.0f} s:\n{self.tail()}")
 
     def pose_for(self, stamp_ns: int, timeout: float = 5.0):
         wait_until(lambda: self._for(self.poses, stamp_ns) is not None, timeout)
