@@ -210,3 +210,19 @@ def check_seal_layout(path: Path, regions: list, size: int, actual_size: int) ->
         if offset < pos or n <= 0 or offset + n > size:
             raise MapFormatError(f"map {path}: its integrity header is corrupt (bad region)")
         pos = offset + n
+
+
+def dataset_ranges(f) -> list[tuple[str, int, int]]:
+    """(name, file offset, stored size) of every contiguous dataset of an open h5py file."""
+    import h5py
+
+    ranges: list[tuple[str, int, int]] = []
+
+    def visit(name: str, obj) -> None:
+        if isinstance(obj, h5py.Dataset):
+            offset, size = obj.id.get_offset(), obj.id.get_storage_size()
+            if offset is not None and size:
+                ranges.append((name, int(offset), int(size)))
+
+    f.visititems(visit)
+    return ranges

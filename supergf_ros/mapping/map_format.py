@@ -71,6 +71,7 @@ from .map_base import (  # noqa: F401 (re-exported)
     _strings,
     _text_crc,
     check_seal_layout,
+    dataset_ranges,
     strip_runtime_options,
 )
 
@@ -333,19 +334,11 @@ def _seal(path: Path) -> None:
     """Write the user-block record (see USERBLOCK_SIZE) of a just-written map file."""
     import h5py
 
-    ranges: list[tuple[str, int, int]] = []
     with h5py.File(path, "r") as f:
         if f.userblock_size != USERBLOCK_SIZE:
             raise MapFormatError(f"{path} has no {USERBLOCK_SIZE} B user block to seal")
         attrs = {k: f.attrs[k] for k in CHECKSUM_ATTRIBUTES}
-
-        def visit(name: str, obj) -> None:
-            if isinstance(obj, h5py.Dataset):
-                offset, size = obj.id.get_offset(), obj.id.get_storage_size()
-                if offset is not None and size:
-                    ranges.append((name, int(offset), int(size)))
-
-        f.visititems(visit)
+        ranges = dataset_ranges(f)
     raw = path.read_bytes()
     taken = sorted((o, o + n) for _, o, n in ranges)
     for key, text in attrs.items():  # vlen strings sit whole in the global heap

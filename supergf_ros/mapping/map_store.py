@@ -61,6 +61,7 @@ from .map_base import (
     _read_poses,
     _strings,
     check_seal_layout,
+    dataset_ranges,
 )
 
 if TYPE_CHECKING:
@@ -134,16 +135,8 @@ def _crc_range(fh, offset: int, size: int) -> int:
 def _seal_v3(path: Path) -> None:
     import h5py
 
-    ranges = []
     with h5py.File(path, "r") as f:
-
-        def visit(name: str, obj) -> None:
-            if isinstance(obj, h5py.Dataset):
-                offset, size = obj.id.get_offset(), obj.id.get_storage_size()
-                if offset is not None and size:
-                    ranges.append((name, int(offset), int(size)))
-
-        f.visititems(visit)
+        ranges = dataset_ranges(f)
         attrs = {k: f.attrs[k] for k in _SEALED_ATTRIBUTES}
     ranges.sort(key=lambda r: r[1])
     size = path.stat().st_size
