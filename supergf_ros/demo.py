@@ -154,12 +154,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-queries", type=int, default=10, help="query frames (default 10)")
     p.add_argument("--size", default="640x480", help="image size WxH (default 640x480)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--backend",
-        default="auto",
-        choices=["auto", "torch", "onnxruntime", "tensorrt"],
-        help="inference backend of the networks (default auto: the fastest available)",
-    )
+    from .mapping.build_map import add_backend_arguments
+
+    add_backend_arguments(p, device=False)
     p.set_defaults(func=run)
     return p
 

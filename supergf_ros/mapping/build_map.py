@@ -378,25 +378,24 @@ def store_conf_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return conf
 
 
-BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+def add_backend_arguments(p: argparse.ArgumentParser, device: bool = True) -> None:
+    """`--backend` (and `--device`) for the networks (SuperPoint, SuperGF), shared by the CLIs."""
+    from ..inference.backends import AUTO_BACKEND_ORDER, BACKEND_OPTIONS, DEVICE_OPTIONS
 
-
-def add_backend_arguments(p: argparse.ArgumentParser) -> None:
-    """`--backend` and `--device` for the networks (SuperPoint, SuperGF), shared by the CLIs."""
     p.add_argument(
         "--backend",
         default="auto",
-        choices=BACKEND_CHOICES,
-        help="inference backend for SuperPoint and SuperGF (default auto: TensorRT > ONNX Runtime "
-        "CUDA > PyTorch CUDA > ONNX Runtime CPU > PyTorch CPU, the first available)",
+        choices=BACKEND_OPTIONS,
+        help=f"inference backend for SuperPoint and SuperGF (default auto: {AUTO_BACKEND_ORDER}, "
+        "the first available)",
     )
-    p.add_argument(
-        "--device",
-        default="auto",
-        choices=DEVICE_CHOICES,
-        help="compute device for the networks (default auto)",
-    )
+    if device:
+        p.add_argument(
+            "--device",
+            default="auto",
+            choices=DEVICE_OPTIONS,
+            help="compute device for the networks (default auto)",
+        )
 
 
 def extractor_conf_from_args(args: argparse.Namespace) -> dict:
