@@ -469,11 +469,17 @@ def pose_to_ros(cam_from_world: Pose) -> tuple[np.ndarray, np.ndarray]:
     return world_from_cam.tvec.copy(), np.array([qx, qy, qz, qw])
 
 
-def ros_to_pose(position: Any, orientation: Any) -> Pose:
-    """The library's `cam_from_world` from a ROS camera pose (world_from_cam, xyzw quaternion)."""
+def pose_from_ros(position: Any, orientation: Any) -> Pose:
+    """The transform a ROS pose or transform carries (`parent_from_child`: position or
+    translation, xyzw quaternion), as a `Pose`."""
     q = np.array([orientation.w, orientation.x, orientation.y, orientation.z], np.float64)
     t = np.array([position.x, position.y, position.z], np.float64)
-    return Pose(q, t).inverse()
+    return Pose(q, t)
+
+
+def ros_to_pose(position: Any, orientation: Any) -> Pose:
+    """The library's `cam_from_world` from a ROS camera pose (world_from_cam, xyzw quaternion)."""
+    return pose_from_ros(position, orientation).inverse()
 
 
 def stamp_to_ns(stamp: Any) -> int:

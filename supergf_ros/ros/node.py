@@ -53,7 +53,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from supergf_ros.geometry import Camera, Pose
+from supergf_ros.geometry import Camera
 from supergf_ros.localization.localizer import PosePrior
 from supergf_ros.ros.conversions import (
     bounded_text,
@@ -62,6 +62,7 @@ from supergf_ros.ros.conversions import (
     check_intrinsics,
     compressed_to_numpy,
     image_to_numpy,
+    pose_from_ros,
     pose_to_ros,
     stamp_to_ns,
 )
@@ -166,10 +167,10 @@ class _LocalizerCore:
         self._tracker = Tracker(self._tracker_config())
 
     def _activate(self) -> None:
-        before = self._entities()
+        before = {id(entity) for _, entity in self._entities()}
         self._create_interfaces()
         self._create_robot_interfaces()
-        self._active = [e for e in self._entities() if id(e[1]) not in {id(x) for _, x in before}]
+        self._active = [e for e in self._entities() if id(e[1]) not in before]
         self._stop = False
         self._worker = threading.Thread(target=self._work, name="localizer-worker", daemon=True)
         self._worker.start()
@@ -578,10 +579,7 @@ class _LocalizerCore:
             self.get_logger().warning(f"initialpose ignored: a seed needs odometry ({why})")
             return
         p = msg.pose.pose
-        pose = Pose(
-            np.array([p.orientation.w, p.orientation.x, p.orientation.y, p.orientation.z]),
-            np.array([p.position.x, p.position.y, p.position.z]),
-        )
+        pose = pose_from_ros(p.position, p.orientation)
         self._tracker.seed(stamp_ns, pose, _seed_covariance(msg.pose.covariance), odom_from_base)
         self.get_logger().info(f"seeded at {np.round(pose.tvec, 2).tolist()} from initialpose")
 

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from supergf_ros.io_utils import atomic_output, atomic_write_text
-from supergf_ros.ros.conversions import ros_to_pose, stamp_to_ns
+from supergf_ros.ros.conversions import pose_from_ros, ros_to_pose, stamp_to_ns
 
 FASTDDS_LOOPBACK_PROFILE = """<?xml version="1.0" encoding="UTF-8"?>
 <profiles xmlns="http://www.eprosima.com">
@@ -434,14 +434,10 @@ class _ReplayClient:
             self.lock.notify_all()
 
     def _on_base_pose(self, msg: Any) -> None:
-        from supergf_ros.geometry import Pose
         from supergf_ros.ros.robot_eval import BasePose
 
         p = msg.pose.pose
-        pose = Pose(
-            np.array([p.orientation.w, p.orientation.x, p.orientation.y, p.orientation.z]),
-            np.array([p.position.x, p.position.y, p.position.z]),
-        )
+        pose = pose_from_ros(p.position, p.orientation)
         cov = np.asarray(msg.pose.covariance, dtype=np.float64).reshape(6, 6)
         record = BasePose(time.perf_counter(), stamp_to_ns(msg.header.stamp), pose, cov)
         with self.lock:

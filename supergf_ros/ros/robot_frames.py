@@ -13,7 +13,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from ..geometry import Pose
 from ..tracking import TransformBuffer, TransformError
-from .conversions import stamp_to_ns
+from .conversions import pose_from_ros, stamp_to_ns
 
 try:
     from tf2_msgs.msg import TFMessage
@@ -28,8 +28,7 @@ STATIC_QOS = QoSProfile(
 
 def transform_to_pose(transform: Any) -> Pose:
     """`parent_from_child` of a geometry_msgs/Transform (or a Pose message's fields)."""
-    t, q = transform.translation, transform.rotation
-    return Pose(np.array([q.w, q.x, q.y, q.z]), np.array([t.x, t.y, t.z]))
+    return pose_from_ros(transform.translation, transform.rotation)
 
 
 def pose_to_transform(parent: str, child: str, stamp: Any, pose: Pose) -> TransformStamped:
@@ -76,10 +75,7 @@ class RobotFrames:
 
     def _on_odometry(self, msg: Odometry) -> None:
         p = msg.pose.pose
-        pose = Pose(
-            np.array([p.orientation.w, p.orientation.x, p.orientation.y, p.orientation.z]),
-            np.array([p.position.x, p.position.y, p.position.z]),
-        )
+        pose = pose_from_ros(p.position, p.orientation)
         parent = msg.header.frame_id or self.params["odom_frame"]
         child = msg.child_frame_id or self.params["base_frame"]
         try:
