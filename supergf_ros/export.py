@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -48,12 +49,14 @@ def model_spec(
     max_keypoints: int = 4096,
     opt_keypoints: int = 1024,
     max_batch: int = 1,
+    cache_dir: str | Path | None = None,
 ) -> ModelSpec:
     """Load a model by name and describe it for the backends.
 
     superpoint: `weights` or $SUPERGF_SUPERPOINT_WEIGHTS (MagicLeap superpoint_v1.pth).
     supergf-*: `weights` (checkpoint), else the shipped default; `random_init` builds the paper
-    configuration with random weights (for latency tests and engine prebuilding only).
+    configuration with random weights (for latency tests and engine prebuilding only);
+    `cache_dir`: the ONNX cache folder that keeps a checkpoint's info (`checkpoint_spec`).
     """
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {list(MODELS)}")
@@ -77,32 +80,35 @@ def model_spec(
         path = resolve_weights(weights)
         return superpoint_spec(load_superpoint_net(path), file_sha256(path), profile=profile)
 
-    from .models.checkpoint import build_model, default_weights_path, load_checkpoint
-    from .models.spec import supergf_profile, supergf_spec
+    from .models.spec import checkpoint_spec, supergf_profile, supergf_spec
+    from .models.weights import default_weights_path
+
+    def profile_of(net: Any) -> Any:
+        return supergf_profile(
+            net,
+            max_image_size=max_image_size,
+            opt_size=opt_size,
+            max_keypoints=max_keypoints,
+            opt_keypoints=opt_keypoints,
+            max_batch=max_batch,
+        )
 
     if random_init:
+        from .models.checkpoint import build_model
+
         with _seeded():
-            net, sha = build_model(model).eval(), ""
-    else:
-        path = Path(weights) if weights else default_weights_path(model, features)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"SuperGF checkpoint not found: {path}. Train one with `supergf-ros train`, pass "
-                "--weights PATH, or use --random-init to export untrained weights (latency only)."
-            )
-        net, info = load_checkpoint(path)
-        if net.name != model:
-            raise ValueError(f"{path} holds a {net.name} model, not {model}")
-        sha = info["weights_sha256"]
-    profile = supergf_profile(
-        net,
-        max_image_size=max_image_size,
-        opt_size=opt_size,
-        max_keypoints=max_keypoints,
-        opt_keypoints=opt_keypoints,
-        max_batch=max_batch,
-    )
-    return supergf_spec(net, sha, profile=profile)
+            net = build_model(model).eval()
+        return supergf_spec(net, "", profile=profile_of(net))
+    path = Path(weights) if weights else default_weights_path(model, features)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"SuperGF checkpoint not found: {path}. Train one with `supergf-ros train`, pass "
+            "--weights PATH, or use --random-init to export untrained weights (latency only)."
+        )
+    # with the checkpoint's info in the ONNX cache, so that ONNX Runtime and TensorRT processes
+    # find its export without torch
+    spec, info = checkpoint_spec(path, model, cache_dir=cache_dir)
+    return dataclasses.replace(spec, profile=profile_of(info))
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,7 +180,7 @@ def _torch_reference(spec: ModelSpec, feed: dict[str, np.ndarray]) -> dict[str, 
     return TorchRunner(spec.module(), spec.input_names, spec.output_names)(feed)
 
 
-def _load_spec(args: argparse.Namespace) -> ModelSpec:
+def _load_spec(args: argparse.Namespace, onnx_dir: Path | None) -> ModelSpec:
     spec = model_spec(
         args.model,
         weights=args.weights,
@@ -185,6 +191,7 @@ def _load_spec(args: argparse.Namespace) -> ModelSpec:
         max_keypoints=args.max_keypoints,
         opt_keypoints=args.opt_keypoints,
         max_batch=args.max_batch,
+        cache_dir=onnx_dir,
     )
     spec.module()
     return spec
@@ -269,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update()
             return value
 
-        spec = step(steps[0], "load_s", lambda: _load_spec(args))
+        spec = step(steps[0], "load_s", lambda: _load_spec(args, onnx_dir))
         onnx_path = step("export ONNX", "onnx_export_s", lambda: spec.export_onnx(onnx_dir))
         summary["onnx"] = str(onnx_path)
         summary["onnx_sha256"] = hashlib.sha256(onnx_path.read_bytes()).hexdigest()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from supergf_ros.features import LocalFeatures, create_extractor
-from supergf_ros.models import build_model, checkpoint, save_checkpoint
+from supergf_ros.models import build_model, save_checkpoint, weights
 from supergf_ros.models.aggregators import available_global_descriptors, create_aggregator
 
 SMALL = {"latent_dim": 64, "mlp_dim": 128, "num_layers": 2, "num_heads": 4}
@@ -173,7 +173,7 @@ def test_supergf_bad_input(features, sparse_ckpt, dense_ckpt, tmp_path, monkeypa
     with pytest.raises(ValueError, match="unknown global descriptor"):
         create_aggregator("netvlad")
 
-    monkeypatch.setattr(checkpoint, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path / "weights")
     with pytest.raises(
         FileNotFoundError, match=r"supergf_sparse_superpoint\.pt.*supergf-ros train"
     ):

@@ -11,11 +11,11 @@ from ..io_utils import atomic_output
 
 
 def default_cache_dir() -> Path:
-    """ONNX cache folder: $SUPERGF_CACHE_DIR, else ~/.cache/supergf_ros/onnx."""
+    """ONNX cache folder: $SUPERGF_CACHE_DIR/onnx, else ~/.cache/supergf_ros/onnx (the cache
+    root's layout, as `supergf-ros export --cache-dir` and the engine cache use it)."""
     env = os.environ.get("SUPERGF_CACHE_DIR")
-    if env:
-        return Path(env)
-    return Path.home() / ".cache" / "supergf_ros" / "onnx"
+    root = Path(env) if env else Path.home() / ".cache" / "supergf_ros"
+    return root / "onnx"
 
 
 def export_onnx(

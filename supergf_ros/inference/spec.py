@@ -3,6 +3,8 @@ profile). The specs of the project's networks live beside them (features/, model
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +14,8 @@ import numpy as np
 
 from .onnx import cached_export, cached_onnx_path, export_onnx
 from .quantize import Calibration, Int8Settings, cached_int8
+
+logger = logging.getLogger(__name__)
 
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]
@@ -62,11 +66,20 @@ class ModelSpec:
     def export_onnx(self, cache_dir: str | Path | None = None) -> Path:
         """Export once per (name, key) into `cache_dir` (default: the ONNX cache); the file.
 
-        A cached file is found without building the module (no torch import, no weights read).
+        A cached file is found without building the module (no torch import, no weights read);
+        exporting needs torch (ValueError naming `supergf-ros export` without it).
         """
         path = cached_onnx_path(self.name, self.key, cache_dir)
         if path.exists() and path.stat().st_size > 0:
             return path
+        if importlib.util.find_spec("torch") is None:
+            raise ValueError(
+                f"no cached ONNX file {path} of {self.name}, and PyTorch is not installed to "
+                f"export it: run `supergf-ros export --format onnx --model {self.name}` (with "
+                "its --weights) once where PyTorch is installed, with the same $SUPERGF_CACHE_DIR, "
+                f"and copy {path.parent} here"
+            )
+        logger.info("%s: exporting to ONNX %s (imports torch, once)", self.name, path)
         return cached_export(
             self.module(), self.name, self.key, self._examples(), cache_dir=cache_dir, **self._io()
         )

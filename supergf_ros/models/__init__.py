@@ -17,12 +17,12 @@ __all__ = [
 ]
 
 
-_LAZY = {  # imported on first use: the SuperGF modules import torch, the aggregators do not
+_LAZY = {  # imported on first use: the SuperGF modules import torch; weights, spec, aggregators not
     "SuperGFBase": "supergf",
     "SuperGFDense": "supergf",
     "SuperGFSparse": "supergf",
     "build_model": "checkpoint",
-    "default_weights_path": "checkpoint",
+    "default_weights_path": "weights",
     "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
     "create_aggregator": "aggregators",

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..features.base import LocalFeatures
 from ..inference.backends import create_runner, resolve_backend
+from ..inference.spec import ModelSpec
 
 FEATURE_DIMS = {"superpoint": 256, "sift": 128}
 COMMON_CONF: dict[str, Any] = {"features": "superpoint", "input_dim": None}
@@ -133,7 +134,7 @@ class GlobalAggregator:
 
 
 class SuperGFAggregator(GlobalAggregator):
-    """SuperGF dense or sparse model as a global aggregator (PyTorch or ONNX Runtime)."""
+    """SuperGF dense or sparse model as a global aggregator (PyTorch, ONNX Runtime, TensorRT)."""
 
     variant: ClassVar[str] = ""
     default_conf: ClassVar[dict[str, Any]] = {
@@ -151,50 +152,72 @@ class SuperGFAggregator(GlobalAggregator):
         if not isinstance(c["backend"], str):  # the conf holds names
             c["backend"], c["device"] = choice.backend, choice.device
         self.backend, self.device = choice.backend, choice.device
-        self._load_model()
-        self._check_input_dim(conf)
-        self.dim = self.model.dim
-        if choice.backend != "torch":
-            self.model = self.model.cpu()  # ONNX export runs on the CPU
         if choice.backend == "tensorrt":
             self.max_batch = 1  # engines are built for batch 1 (bounded memory on a Jetson)
-        from .spec import supergf_spec
-
-        spec = supergf_spec(self.model, self.weights_sha256)
+        spec = self._load_model(choice.backend)
+        self._check_input_dim(conf)
+        self.dim = self.info.dim
         self._runner = create_runner(spec, choice, onnx_cache_dir=c["onnx_cache_dir"])
 
-    def _load_model(self) -> None:
-        """`model` (eval), `weights_sha256` and `weights_path` from conf `model` or `weights`.
+    def _load_model(self, backend: str) -> ModelSpec:
+        """The network's spec; sets `info` (`spec.SuperGFInfo`), `model` (the torch model, eval;
+        None when not loaded), `weights_sha256` and `weights_path` from conf `model` or `weights`.
 
-        SuperGF is a torch model (its checkpoints are torch files): this imports torch, also
-        with ONNX Runtime; the training-free aggregators (VLAD, GeM) never do."""
-        from .checkpoint import default_weights_path, load_checkpoint, model_key
+        With torch the checkpoint is loaded (torch); with ONNX Runtime or TensorRT its cached
+        ONNX export runs and torch is imported only to export it (`spec.checkpoint_spec`)."""
+        from .spec import SuperGFInfo, checkpoint_spec, supergf_spec
 
         c = self.conf
-        if c["model"] is not None:
-            self.model = c["model"].eval()
+        self.model = c["model"]
+        if self.model is not None:
+            from .checkpoint import model_key
+
             if self.model.name != self.name:
                 raise ValueError(f"model is a '{self.model.name}', expected '{self.name}'")
-            self.weights_sha256 = model_key(self.model)
-            self.weights_path = None
-            return
-        path = Path(c["weights"]) if c["weights"] else None
-        if path is None:
-            path = default_weights_path(self.variant, c["features"])
+            self.model = self.model.eval() if backend == "torch" else self.model.cpu().eval()
+            self.weights_sha256, self.weights_path = model_key(self.model), None
+            self.info = SuperGFInfo.of_model(self.model, self.weights_sha256)
+            return supergf_spec(self.model, self.weights_sha256)
+        self.weights_path = self._checkpoint_path()
+        if backend == "torch":
+            from .checkpoint import load_checkpoint
+
+            self.model, info = load_checkpoint(self.weights_path, expected_model=self.name)
+            self.weights_sha256 = info["weights_sha256"]
+            self.info = SuperGFInfo.of_model(self.model, self.weights_sha256)
+            return supergf_spec(self.model, self.weights_sha256)
+        spec, self.info = checkpoint_spec(
+            self.weights_path, self.name, cache_dir=c["onnx_cache_dir"]
+        )
+        self.weights_sha256 = self.info.weights_sha256
+        return spec
+
+    def _checkpoint_path(self) -> Path:
+        """The checkpoint of conf `weights`, else the shipped one; FileNotFoundError if absent."""
+        from .weights import default_weights_path
+
+        c = self.conf
+        if c["weights"]:
+            path = Path(c["weights"])
             if not path.is_file():
                 raise FileNotFoundError(
-                    f"no trained {self.name} weights for {c['features']} features at {path}. "
-                    f"Train them with `supergf-ros train` and place the checkpoint there, or "
-                    f"pass weights=PATH (--supergf-weights PATH); the training-free 'vlad' and "
-                    f"'gem' global descriptors work without weights."
+                    f"SuperGF checkpoint not found: {path}. Train one with `supergf-ros train` "
+                    "or pass the path of an existing checkpoint."
                 )
-        self.model, info = load_checkpoint(path, expected_model=self.name)
-        self.weights_sha256 = info["weights_sha256"]
-        self.weights_path = path
+            return path
+        path = default_weights_path(self.variant, c["features"])
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no trained {self.name} weights for {c['features']} features at {path}. "
+                f"Train them with `supergf-ros train` and place the checkpoint there, or "
+                f"pass weights=PATH (--supergf-weights PATH); the training-free 'vlad' and "
+                f"'gem' global descriptors work without weights."
+            )
+        return path
 
     def _check_input_dim(self, conf: dict[str, Any]) -> None:
         """The model fixes input_dim (and the features its weights were made for)."""
-        model_dim = int(self.model.conf["input_dim"])
+        model_dim = int(self.info.conf["input_dim"])
         if conf.get("input_dim") is not None and int(conf["input_dim"]) != model_dim:
             raise ValueError(
                 f"input_dim={conf['input_dim']} does not match the model's input_dim {model_dim}"
@@ -216,7 +239,7 @@ class SuperGFAggregator(GlobalAggregator):
 
     def identity(self) -> dict[str, Any]:
         ident = super().identity()
-        ident["config"]["model"] = json.loads(json.dumps(self.model.conf))
+        ident["config"]["model"] = json.loads(json.dumps(self.info.conf))
         return ident
 
     def _weights_sha256(self) -> str:
@@ -224,7 +247,7 @@ class SuperGFAggregator(GlobalAggregator):
 
     def _run(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
         """The global descriptors for positional numpy inputs."""
-        return self._runner(dict(zip(self.model.input_names, inputs)))["global_descriptor"]
+        return self._runner(dict(zip(self.info.input_names, inputs)))["global_descriptor"]
 
 
 class SuperGFSparseAggregator(SuperGFAggregator):
@@ -524,7 +547,7 @@ def available_global_descriptors(features: str = "superpoint") -> list[str]:
         raise ValueError(
             f"unknown local features '{features}'; choose one of {sorted(FEATURE_DIMS)}"
         )
-    from .checkpoint import default_weights_path
+    from .weights import default_weights_path
 
     shipped = {
         f"supergf-{v}" for v in ("sparse", "dense") if default_weights_path(v, features).is_file()

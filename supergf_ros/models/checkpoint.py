@@ -16,29 +16,16 @@ import torch
 
 from ..io_utils import atomic_output, file_sha256
 from .supergf import MODELS, SuperGFBase
+from .weights import config_key, default_weights_path, variant_name
+
+__all__ = ["build_model", "default_weights_path", "load_checkpoint", "model_key", "save_checkpoint"]
 
 FORMAT_VERSION = 1
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
-FEATURES = ("superpoint", "sift")
-
-
-def _variant(name: str) -> str:
-    short = name.removeprefix("supergf-").removeprefix("supergf_")
-    if short not in ("dense", "sparse"):
-        raise ValueError(f"unknown SuperGF variant '{name}'; use 'dense' or 'sparse'")
-    return short
-
-
-def default_weights_path(variant: str, features: str = "superpoint") -> Path:
-    """Shipped checkpoint location: supergf_ros/weights/supergf_{dense|sparse}_{features}.pt."""
-    if features not in FEATURES:
-        raise ValueError(f"unknown local features '{features}'; choose one of {list(FEATURES)}")
-    return WEIGHTS_DIR / f"supergf_{_variant(variant)}_{features}.pt"
 
 
 def build_model(name: str, config: dict[str, Any] | None = None) -> SuperGFBase:
     """A freshly initialized model by name ('supergf-dense' or 'supergf-sparse'; 'dense'/'sparse')."""
-    key = f"supergf-{_variant(name)}"
+    key = f"supergf-{variant_name(name)}"
     return MODELS[key](config)
 
 
@@ -113,7 +100,7 @@ def load_checkpoint(
     name = ckpt["model"]
     if name not in MODELS:
         raise ValueError(f"{path} holds unknown model '{name}'; known: {sorted(MODELS)}")
-    if expected_model is not None and name != f"supergf-{_variant(expected_model)}":
+    if expected_model is not None and name != f"supergf-{variant_name(expected_model)}":
         raise ValueError(f"{path} holds a '{name}' model, but '{expected_model}' was requested")
     model = MODELS[name](ckpt["config"])
     missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
@@ -136,13 +123,12 @@ def load_checkpoint(
 
 def model_key(model: torch.nn.Module, weights_sha256: str = "") -> str:
     """Hash of model name + config + weights (file hash if given, else the parameters)."""
+    if weights_sha256:  # the same hash a cached SuperGF info gives without torch
+        return config_key(model.name, _plain(model.conf), weights_sha256)
     digest = hashlib.sha256()
     digest.update(model.name.encode())
     digest.update(json.dumps(_plain(model.conf), sort_keys=True).encode())
-    if weights_sha256:
-        digest.update(weights_sha256.encode())
-    else:
-        for k, v in sorted(model.state_dict().items()):
-            digest.update(k.encode())
-            digest.update(v.detach().cpu().contiguous().numpy().tobytes())
+    for k, v in sorted(model.state_dict().items()):
+        digest.update(k.encode())
+        digest.update(v.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()

@@ -396,3 +396,14 @@ MODELS: dict[str, type[SuperGFBase]] = {
     SuperGFDense.name: SuperGFDense,
     SuperGFSparse.name: SuperGFSparse,
 }
+
+
+class PositionalSuperGF(nn.Module):
+    """Positional-argument view of a dict-in/dict-out SuperGF model (ONNX export, runners)."""
+
+    def __init__(self, model: SuperGFBase) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.model.forward_positional(*inputs)

@@ -171,6 +171,14 @@ def _peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def _torch_loaded(pid: int) -> bool | None:
+    """Whether PyTorch's library is mapped into process `pid` (None: not readable)."""
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return None
+
+
 def replay_bag(
     bag_path: str | Path,
     map_path: str | Path,
@@ -191,6 +199,7 @@ def replay_bag(
 
     Keys: latency_ms_p50, latency_ms_p95, latency_ms_mean, throughput_hz, frames_in,
     frames_processed, frames_localized, frames_dropped, stage_ms_mean, node_peak_rss_mb,
+    node_torch_loaded (PyTorch's library mapped into the node),
     node_exit_code, domain_id, and with reference poses recall, median_translation_m,
     median_rotation_deg (as `supergf-ros evaluate --json`); the robot's (`robot_eval`):
     time_to_first_fix_s, first_fix_stamp_s, fixes, fix_rate_hz, fixes_rejected, base_poses,
@@ -309,7 +318,7 @@ def _run_replay(
     log_file = open(log_path, "w")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
     client = _ReplayClient(frames, status_type, sim_time)
-    peak_rss = None
+    peak_rss = torch_loaded = None
     try:
         _wait_for_node(proc, client.image_pub, client.status_sub, startup_timeout_s, log_path)
         bar = None
@@ -326,7 +335,7 @@ def _run_replay(
         t_end = time.perf_counter()
         if bar is not None:
             bar.close()
-        peak_rss = _peak_rss_mb(proc.pid)
+        peak_rss, torch_loaded = _peak_rss_mb(proc.pid), _torch_loaded(proc.pid)
     finally:
         exit_code = stop_node(proc)
         log_file.close()
@@ -338,6 +347,7 @@ def _run_replay(
     return {
         **metrics,
         "node_peak_rss_mb": None if peak_rss is None else round(peak_rss, 1),
+        "node_torch_loaded": torch_loaded,
         "node_exit_code": exit_code,
         "mode": "as_fast_as_possible" if as_fast_as_possible else f"rate x{rate:g}",
         "duration_s": round(duration, 3),
@@ -742,7 +752,10 @@ def format_report(r: dict[str, Any]) -> str:
         f"{r['frames_localized']} localized, {r['frames_dropped']} dropped ({r['mode']})",
         f"latency (publish -> pose): p50 {fmt(r['latency_ms_p50'])} ms, "
         f"p95 {fmt(r['latency_ms_p95'])} ms; throughput {r['throughput_hz']:.2f} Hz",
-        f"node peak memory (RSS): {fmt(r['node_peak_rss_mb'])} MB",
+        f"node peak memory (RSS): {fmt(r['node_peak_rss_mb'])} MB"
+        + {True: ", PyTorch loaded", False: ", without PyTorch"}.get(
+            r.get("node_torch_loaded"), ""
+        ),
     ]
     if r.get("stage_ms_mean"):
         lines.append(
