@@ -36,7 +36,7 @@ def _demo(folder: Path, weights: Path) -> tuple[Path, Path]:
     map_path, bag = folder / "map_superpoint.h5", folder / "queries_bag"
     if not (map_path.is_file() and bag.is_dir()):
         cmd = [sys.executable, "-m", "supergf_ros.cli", "demo", "--output", str(folder)]
-        subprocess.run([*cmd, "--superpoint-weights", str(weights)], cwd=REPO, check=True)
+        subprocess.run([*cmd, "--superpoint-weights", str(weights)], check=True)
     return map_path, bag
 
 
@@ -46,7 +46,7 @@ def _measure(name: str, params: dict, map_path: Path, bag: Path, out: Path) -> d
 
     if params["backend"] != "torch":  # the ONNX files, as `supergf-ros export` leaves them
         conf = json.dumps({**params, "device": "cpu"})
-        subprocess.run([sys.executable, "-c", PREPARE, str(map_path), conf], cwd=REPO, check=True)
+        subprocess.run([sys.executable, "-c", PREPARE, str(map_path), conf], check=True)
     r = replay_bag(
         bag,
         map_path,
@@ -58,7 +58,7 @@ def _measure(name: str, params: dict, map_path: Path, bag: Path, out: Path) -> d
     return {
         "config": name,
         "node_peak_rss_mb": r["node_peak_rss_mb"],
-        "node_torch_loaded": r["node_torch_loaded"],
+        "node_torch_loaded": r.get("node_torch_loaded"),
         "latency_ms_p50": r["latency_ms_p50"],
         "frames_localized": r["frames_localized"],
         "frames_processed": r["frames_processed"],
@@ -94,7 +94,7 @@ def main() -> int:
         ratio = r["node_peak_rss_mb"] / base if base else float("nan")
         print(
             f"{r['config']:18s} {r['node_peak_rss_mb']:6.0f} MB {ratio:7.2f}x "
-            f"{'yes' if r['node_torch_loaded'] else 'no':>6s} {r['latency_ms_p50']:7.0f} "
+            f"{ {True: 'yes', False: 'no'}.get(r['node_torch_loaded'], '?'):>6s} {r['latency_ms_p50']:7.0f} "
             f"{r['frames_localized']:>4d}/{r['frames_processed']:<4d} "
             f"{r['median_translation_m'] or float('nan'):9.4f}"
         )

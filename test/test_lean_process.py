@@ -1,6 +1,6 @@
 """A lean ONNX Runtime process: with SuperPoint + SuperGF on ONNX Runtime, once their ONNX files
-are cached (here prepared by `supergf-ros export`, as for a robot image), a Localizer and the
-real node start and localize without importing PyTorch; without PyTorch and without a cache the
+are cached (here prepared by `supergf-ros export`, as for a robot image), a Localizer, the
+`localize` command and the real node start and localize without importing PyTorch; without PyTorch and without a cache the
 start-up fails with a ValueError naming the command; the cached network gives the PyTorch
 descriptors and is the file today's ONNX Runtime path exports (same key)."""
 
@@ -81,6 +81,12 @@ f = loc.extractor.extract(ds.read_image(query))
 np.savez(out, keypoints=f.keypoints, scores=f.scores, descriptors=f.descriptors, dense=f.dense,
          global_descriptor=loc.aggregator(f))
 assert "torch" not in sys.modules, "torch imported while localizing"
+from supergf_ros.cli import main
+queries = out + ".txt"
+open(queries, "w").write(query)
+code = main(["localize", map_path, scene, "--queries", queries, "--out", out + ".results.txt",
+             "--superpoint-weights", weights, "--backend", "onnxruntime", "--quiet"])
+assert code == 0 and "torch" not in sys.modules, "the localize command imported torch"
 print("lean ok")
 """
 

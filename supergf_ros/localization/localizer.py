@@ -8,6 +8,7 @@ homography-RANSAC inlier counts first (the paper's second stage).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -218,7 +219,9 @@ class Localizer:
         lazy map's retrieved keyframes are uploaded per query (`_PerQueryDeviceMatcher`)."""
         choice = self.conf["match_backend"]
         device = str(self.backend_info["device"])
-        on_cuda = device.startswith("cuda")
+        # numpy, or auto without torch installed (a lean GPU robot): never import torch
+        has_torch = choice == "torch" or importlib.util.find_spec("torch") is not None
+        on_cuda = device.startswith("cuda") and choice != "numpy" and has_torch
         if on_cuda:
             import torch
 
