@@ -134,13 +134,20 @@ except ValueError as err:
 """
 
 
+@pytest.mark.parametrize("cached", ["nothing", "supergf"])
 def test_without_torch_and_cache_the_error_names_the_export_command(
-    scene, superpoint_weights, tmp_path
+    scene, prepared_cache, superpoint_weights, tmp_path, cached
 ):
+    missing = "supergf-dense"
+    if cached == "supergf":  # SuperGF's info and export copied, SuperPoint's missing
+        (tmp_path / "onnx").mkdir()
+        for path in (prepared_cache / "onnx").glob("supergf-dense-*"):
+            (tmp_path / "onnx" / path.name).write_bytes(path.read_bytes())
+        missing = "superpoint"
     proc = _python(NO_TORCH, str(scene["map"]), str(superpoint_weights), cache=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "error:" in proc.stdout and "PyTorch is not installed" in proc.stdout, proc.stdout
-    assert "supergf-ros export --format onnx --model supergf-dense" in proc.stdout
+    assert f"supergf-ros export --format onnx --model {missing}" in proc.stdout, proc.stdout
 
 
 @pytest.mark.ros
