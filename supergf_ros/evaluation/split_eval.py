@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +58,20 @@ def map_key(dataset_dir: Path, map_names: list[str], map_conf: dict[str, Any]) -
 
 
 def cached_map(
-    dataset_dir: Path, map_names: list[str], weights: Path, work_dir: Path, progress: bool
+    dataset_dir: Path,
+    map_names: list[str],
+    weights: Path,
+    work_dir: Path,
+    progress: bool,
+    extractor_conf: dict[str, Any] | None = None,
 ) -> Path:
-    """The map of `map_names` (build-map's defaults, SuperPoint `weights`), built on first use."""
+    """The map of `map_names` (build-map's defaults, SuperPoint `weights` with
+    `extractor_conf`, e.g. resize_max), built on first use."""
     from ..io_utils import file_sha256
     from ..mapping.build_map import build_map
 
-    map_conf = {"features": "superpoint", "weights_sha256": file_sha256(weights)}
+    extractor_conf = dict(extractor_conf or {})
+    map_conf = {"features": "superpoint", "weights_sha256": file_sha256(weights), **extractor_conf}
     path = (
         work_dir
         / f"map_{dataset_dir.resolve().name}_{map_key(dataset_dir, map_names, map_conf)}.h5"
@@ -75,7 +83,7 @@ def cached_map(
             dataset_dir,
             tmp,
             image_names=map_names,
-            extractor_conf={"weights": str(weights)},
+            extractor_conf={**extractor_conf, "weights": str(weights)},
             progress=progress,
         )
         tmp.replace(path)  # a cached map is always a whole one
@@ -136,6 +144,47 @@ def split_metrics(results: dict[str, Any], dataset) -> dict[str, Any]:
     return metrics
 
 
+@dataclass
+class Split:
+    """A prepared split: the dataset with poses, the cached map, the query names and the
+    dataset the queries are read from (the dusk copy with `dusk_seed`)."""
+
+    dataset: Any
+    map_path: Path
+    map_names: list[str]
+    queries: list[str]
+    query_source: Any
+    weights: Path
+
+
+def prepare_split(
+    dataset_dir: str | Path,
+    *,
+    map_every: int = 2,
+    map_prefix: str = "",
+    query_prefix: str | None = None,
+    dusk_seed: int | None = None,
+    superpoint_weights: str | Path | None = None,
+    map_extractor_conf: dict[str, Any] | None = None,
+    work_dir: str | Path = DEFAULT_WORK_DIR,
+    progress: bool = True,
+) -> Split:
+    """The split's map (built on first use, SuperPoint with `map_extractor_conf`) and queries
+    (darkened with `dusk_seed`)."""
+    from ..datasets import Dataset
+    from ..features.superpoint_common import resolve_weights
+
+    dataset_dir, work_dir = Path(dataset_dir), Path(work_dir)
+    dataset = Dataset(dataset_dir)
+    if not dataset.poses:
+        raise ValueError(f"dataset {dataset_dir} has no poses (sparse_gt/) to evaluate against")
+    map_names, queries = split_names(dataset.names, map_every, map_prefix, query_prefix)
+    weights = resolve_weights(superpoint_weights)
+    map_path = cached_map(dataset_dir, map_names, weights, work_dir, progress, map_extractor_conf)
+    source = query_dataset(dataset, queries, dusk_seed, work_dir)
+    return Split(dataset, map_path, map_names, queries, source, weights)
+
+
 def evaluate_split(
     dataset_dir: str | Path,
     *,
@@ -145,27 +194,30 @@ def evaluate_split(
     dusk_seed: int | None = None,
     top_ks: list[int] = (1, 5),
     localizer_conf: dict[str, Any] | None = None,
+    map_extractor_conf: dict[str, Any] | None = None,
     work_dir: str | Path = DEFAULT_WORK_DIR,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build (or reuse) the split's map, localize its queries, and report per top_k
     (`split_metrics`), with the split, the map file and the localizer options used."""
-    from ..datasets import Dataset
-    from ..features.superpoint_common import resolve_weights
     from ..localization.localizer import Localizer
 
-    dataset_dir, work_dir = Path(dataset_dir), Path(work_dir)
-    dataset = Dataset(dataset_dir)
-    if not dataset.poses:
-        raise ValueError(f"dataset {dataset_dir} has no poses (sparse_gt/) to evaluate against")
-    map_names, queries = split_names(dataset.names, map_every, map_prefix, query_prefix)
     conf = dict(localizer_conf or {})
-    weights = resolve_weights(conf.get("superpoint_weights"))
-    conf["superpoint_weights"] = str(weights)
-    map_path = cached_map(dataset_dir, map_names, weights, work_dir, progress)
-    localizer = Localizer.from_map(map_path, conf)
-    source = query_dataset(dataset, queries, dusk_seed, work_dir)
-    per_k = localize_queries(localizer, source, queries, list(top_ks), progress)
+    split = prepare_split(
+        dataset_dir,
+        map_every=map_every,
+        map_prefix=map_prefix,
+        query_prefix=query_prefix,
+        dusk_seed=dusk_seed,
+        superpoint_weights=conf.get("superpoint_weights"),
+        map_extractor_conf=map_extractor_conf,
+        work_dir=work_dir,
+        progress=progress,
+    )
+    localizer = Localizer.from_map(
+        split.map_path, {**conf, "superpoint_weights": str(split.weights)}
+    )
+    per_k = localize_queries(localizer, split.query_source, split.queries, list(top_ks), progress)
     options = {k: v for k, v in localizer.conf.items() if k != "superpoint_weights"}
     return {
         "dataset": str(dataset_dir),
@@ -174,12 +226,12 @@ def evaluate_split(
             "map_prefix": map_prefix,
             "query_prefix": query_prefix,
             "dusk_seed": dusk_seed,
-            "num_map": len(map_names),
-            "num_queries": len(queries),
+            "num_map": len(split.map_names),
+            "num_queries": len(split.queries),
         },
-        "map": str(map_path),
+        "map": str(split.map_path),
         "options": options,
-        "top_k": {str(k): split_metrics(per_k[k], dataset) for k in top_ks},
+        "top_k": {str(k): split_metrics(per_k[k], split.dataset) for k in top_ks},
     }
 
 
@@ -246,6 +298,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="a Localizer option (localization/config.py), e.g. ratio_threshold=0.9; repeatable",
     )
     p.add_argument("--superpoint-weights", type=Path, help="default: $SUPERGF_SUPERPOINT_WEIGHTS")
+    p.add_argument("--resize-max", type=int, help="map images: longer side in px (default: as is)")
+    p.add_argument("--max-keypoints", type=int, help="map keypoints per image (default 1024)")
     p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="maps, dusk images")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -267,6 +321,11 @@ def run(args: argparse.Namespace) -> int:
         dusk_seed=args.dusk,
         top_ks=parse_top_ks(args.top_k),
         localizer_conf=conf,
+        map_extractor_conf={
+            k: v
+            for k, v in (("resize_max", args.resize_max), ("max_keypoints", args.max_keypoints))
+            if v is not None
+        },
         work_dir=args.work_dir,
         progress=not args.quiet,
     )

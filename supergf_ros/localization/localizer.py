@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..features.base import LocalFeatures, validate_image
+from ..features.contrast import normalize_contrast
 from ..geometry import Camera, Pose, world_from_cam_covariance
 from ..mapping.map_format import RUNTIME_OPTIONS, MapData, read_map
 from ..mapping.map_store import LazyMap, is_v3, open_map
@@ -258,6 +259,8 @@ class Localizer:
             conf["device"] = self._backend_choice.device
             if self.conf["resize_max"] is not None:
                 conf["resize_max"] = int(self.conf["resize_max"])
+            if self.conf["detection_threshold"] is not None:
+                conf["detection_threshold"] = float(self.conf["detection_threshold"])
             # the dense map is a second device -> host copy: only when retrieval reads it
             conf["return_dense"] = needs_dense
             conf["precision"] = self.conf["superpoint_precision"]
@@ -353,6 +356,9 @@ class Localizer:
                 "scale the camera with Camera.scaled() to the image size"
             )
         image, camera = self._within_pixel_budget(image, camera)
+        method = self.conf["contrast_normalization"]
+        if method != "none":
+            image = normalize_contrast(image, method)
         return self.extractor.extract(image), camera
 
     def _within_pixel_budget(self, image: np.ndarray, camera: Camera) -> tuple[np.ndarray, Camera]:
