@@ -14,7 +14,7 @@ import pytest
 from supergf_ros.cli import main
 from supergf_ros.datasets import Dataset
 from supergf_ros.datasets.dusk import DUSK, dusk_image, dusk_rng, write_dusk_dataset
-from supergf_ros.evaluation.split_eval import parse_option, split_names
+from supergf_ros.evaluation.split_eval import Split, parse_option, prepare_split, split_names
 
 SCENE = ("strecha", "fountain-P11")
 TINY = ["0002.jpg", "0003.jpg", "0004.jpg", "0005.jpg"]
@@ -106,28 +106,60 @@ def tiny_dataset(source: Dataset, names: list[str], out: Path) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def tiny_split(fountain: Dataset, superpoint_weights: Path, tmp_path_factory) -> Split:
+    """Map 0002, 0004 (512 px, 512 keypoints); queries 0003, 0005 at dusk (seed 3)."""
+    root = tmp_path_factory.mktemp("tiny_split")
+    return prepare_split(
+        tiny_dataset(fountain, TINY, root / "tiny"),
+        dusk_seed=3,
+        superpoint_weights=superpoint_weights,
+        map_extractor_conf={"resize_max": 512, "max_keypoints": 512},
+        work_dir=root / "work",
+        progress=False,
+    )
+
+
 @pytest.mark.slow
-def test_split_eval_command_reports_per_top_k(
-    fountain: Dataset, superpoint_weights: Path, tmp_path: Path, capsys
-):
-    dataset = tiny_dataset(fountain, TINY, tmp_path / "tiny")
-    args = ["split-eval", str(dataset), "--dusk", "3", "--top-k", "1,2", "--json", "--quiet",
-            "--superpoint-weights", str(superpoint_weights), "--resize-max", "512",
-            "--max-keypoints", "512", "--work-dir", str(tmp_path / "work"),
+def test_split_eval_command_reports_per_top_k(tiny_split: Split, capsys):
+    work_dir = tiny_split.map_path.parent
+    args = ["split-eval", str(tiny_split.dataset.root), "--dusk", "3", "--top-k", "1,2",
+            "--json", "--quiet", "--superpoint-weights", str(tiny_split.weights),
+            "--resize-max", "512", "--max-keypoints", "512", "--work-dir", str(work_dir),
             "--set", "contrast_normalization=clahe"]  # fmt: skip
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
+    assert report["map"] == str(tiny_split.map_path)  # the cached map of the same split
     assert report["split"]["num_map"] == 2 and report["split"]["num_queries"] == 2
     assert report["options"]["contrast_normalization"] == "clahe"
     assert set(report["top_k"]) == {"1", "2"}
     for m in report["top_k"].values():
         assert {"recall", "median_translation_m", "median_rotation_deg", "nees_median"} <= set(m)
         assert m["num_queries"] == 2 and "0.25m_2deg" in m["recall"]
-    dusk_files = sorted(p.name for p in (tmp_path / "work").glob("dusk_*/images/*"))
+    dusk_files = sorted(p.name for p in work_dir.glob("dusk_*/images/*"))
     assert dusk_files == ["0003.jpg", "0005.jpg"]  # the queries, darkened
-    maps = list((tmp_path / "work").glob("map_*.h5"))
-    assert len(maps) == 1
-    stamp = maps[0].stat().st_mtime_ns
-    assert main(args[:-2]) == 0  # the second run reuses the map
-    assert maps[0].stat().st_mtime_ns == stamp
-    assert json.loads(capsys.readouterr().out)["options"]["contrast_normalization"] == "none"
+    assert len(list(work_dir.glob("map_*.h5"))) == 1
+    assert main([*args[:-2], "--map-every", "1", "--query-prefix", "0003"]) == 0
+    report = json.loads(capsys.readouterr().out)  # another split: another map
+    assert report["split"]["num_map"] == 4 and report["options"]["contrast_normalization"] == "none"
+    assert len(list(work_dir.glob("map_*.h5"))) == 2
+
+
+@pytest.mark.slow
+def test_contrast_normalization_changes_what_a_dusk_query_matches(tiny_split: Split):
+    from supergf_ros.localization import Localizer
+
+    name = "0003.jpg"
+    image, camera = tiny_split.query_source.read_image(name), tiny_split.dataset.camera(name)
+    results = {}
+    for method in ("none", "equalize"):
+        conf = {"superpoint_weights": str(tiny_split.weights), "contrast_normalization": method}
+        loc = Localizer.from_map(tiny_split.map_path, conf)
+        features, cam = loc.extract(image, camera)
+        results[method] = (features, loc.localize_features(features, cam, top_k=2))
+    (f0, r0), (f1, r1) = results["none"], results["equalize"]
+    assert r0.success and r1.success
+    shared = len(set(map(tuple, f0.keypoints.round())) & set(map(tuple, f1.keypoints.round())))
+    assert shared < 0.8 * len(f0)  # other keypoints are detected
+    print(f"dusk {name}: inliers {r0.num_inliers} -> {r1.num_inliers} with equalize")
+    assert r1.num_inliers > 1.05 * r0.num_inliers
