@@ -39,6 +39,7 @@ EXTRACTION = {
     "clahe": {"contrast_normalization": "clahe"},
     "equalize": {"contrast_normalization": "equalize"},
     "gamma": {"contrast_normalization": "gamma"},
+    "auto": {"contrast_normalization": "auto"},
 }
 MATCHING = {
     "mnn": {},
@@ -90,6 +91,7 @@ def main() -> int:
     p.add_argument("--seeds", default="0", help="dusk seeds (comma-separated)")
     p.add_argument("--extraction", default=",".join(EXTRACTION), help="extraction settings")
     p.add_argument("--matching", default=",".join(MATCHING), help="matching settings")
+    p.add_argument("--cross", action="store_true", help="every matching with every extraction")
     p.add_argument(
         "--superpoint-weights", type=Path, default=SHARED / "weights" / "superpoint_v1.pth"
     )

@@ -15,6 +15,8 @@ from supergf_ros.cli import main
 from supergf_ros.datasets import Dataset
 from supergf_ros.datasets.dusk import DUSK, dusk_image, dusk_rng, write_dusk_dataset
 from supergf_ros.evaluation.split_eval import Split, parse_option, prepare_split, split_names
+from supergf_ros.features import to_grayscale
+from supergf_ros.features.contrast import normalize_contrast
 
 SCENE = ("strecha", "fountain-P11")
 TINY = ["0002.jpg", "0003.jpg", "0004.jpg", "0005.jpg"]
@@ -60,6 +62,15 @@ def test_dusk_darkens_casts_blue_blurs_and_adds_noise(daylight: np.ndarray):
     dark = (expected > 2 * DUSK.read_noise) & (expected < 200)  # unclipped pixels
     z = (noisy - tone)[dark] / sigma[dark]
     assert 0.8 < z.std() < 1.2 and abs(z.mean()) < 0.1
+
+
+def test_auto_contrast_equalizes_dark_images_only(daylight: np.ndarray):
+    gray = to_grayscale(daylight)
+    assert np.array_equal(normalize_contrast(daylight, "auto"), gray)  # as extracted before
+    dusk = to_grayscale(dusk_image(daylight, dusk_rng(0, "0003.jpg")))
+    assert np.array_equal(normalize_contrast(dusk, "auto"), cv2.equalizeHist(dusk))
+    with pytest.raises(ValueError, match="unknown contrast normalization"):
+        normalize_contrast(gray, "retinex")
 
 
 def test_dusk_dataset_keeps_the_model(fountain: Dataset, tmp_path: Path):
@@ -141,7 +152,7 @@ def test_split_eval_command_reports_per_top_k(tiny_split: Split, capsys):
     assert len(list(work_dir.glob("map_*.h5"))) == 1
     assert main([*args[:-2], "--map-every", "1", "--query-prefix", "0003"]) == 0
     report = json.loads(capsys.readouterr().out)  # another split: another map
-    assert report["split"]["num_map"] == 4 and report["options"]["contrast_normalization"] == "none"
+    assert report["split"]["num_map"] == 4 and report["options"]["contrast_normalization"] == "auto"
     assert len(list(work_dir.glob("map_*.h5"))) == 2
 
 

@@ -5,7 +5,9 @@
 - "none": the grayscale image as is;
 - "clahe": contrast-limited adaptive histogram equalization (8x8 tiles, clip limit 2);
 - "equalize": global histogram equalization;
-- "gamma": the gamma that brings the median intensity to mid-gray (dark images brighten).
+- "gamma": the gamma that brings the median intensity to mid-gray (dark images brighten);
+- "auto": "equalize" for a dark image (mean gray level below `DARK_MEAN_LEVEL`), else "none";
+  daylight images (Strecha, KITTI, the corridor: mean 77-148) stay as they are.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import numpy as np
 
 from .base import to_grayscale
 
-CONTRAST_METHODS = ("none", "clahe", "equalize", "gamma")
+CONTRAST_METHODS = ("none", "auto", "clahe", "equalize", "gamma")
+DARK_MEAN_LEVEL = 32.0  # dusk proxies: mean 12-18; daylight photos, synthetic rooms: >= 58
 
 
 def normalize_contrast(image: np.ndarray, method: str) -> np.ndarray:
@@ -26,6 +29,8 @@ def normalize_contrast(image: np.ndarray, method: str) -> np.ndarray:
             f"unknown contrast normalization '{method}'; use one of {CONTRAST_METHODS}"
         )
     gray = to_grayscale(image)
+    if method == "auto":
+        method = "equalize" if gray.mean() < DARK_MEAN_LEVEL else "none"
     if method == "none":
         return gray
     if method == "clahe":

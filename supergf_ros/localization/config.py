@@ -72,11 +72,13 @@ OPTIONS: dict[str, Option] = {
         bounds=(1e-6, 1.0),
         off=0.0,
     ),
+    # auto: Herz-Jesus-P25 odd queries at dusk (datasets.dusk), top_k 5, median 12.6 -> 8.6 mm;
+    # daylight queries are never dark, so they are extracted as before
     "contrast_normalization": Option(
-        "none",
+        "auto",
         str,
-        "Query contrast normalization before extraction: none | clahe | equalize | gamma "
-        "(median to mid-gray).",
+        "Query contrast normalization before extraction: none | auto (equalize dark "
+        "queries, mean gray level < 32) | clahe | equalize | gamma (median to mid-gray).",
         True,
         choices=CONTRAST_METHODS,
     ),
