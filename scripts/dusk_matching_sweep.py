@@ -40,6 +40,7 @@ EXTRACTION = {
     "equalize": {"contrast_normalization": "equalize"},
     "gamma": {"contrast_normalization": "gamma"},
     "auto": {"contrast_normalization": "auto"},
+    "equalize_kp_2048": {"contrast_normalization": "equalize", "max_keypoints": 2048},
 }
 MATCHING = {
     "mnn": {},
@@ -92,6 +93,7 @@ def main() -> int:
     p.add_argument("--extraction", default=",".join(EXTRACTION), help="extraction settings")
     p.add_argument("--matching", default=",".join(MATCHING), help="matching settings")
     p.add_argument("--cross", action="store_true", help="every matching with every extraction")
+    p.add_argument("--no-clear", action="store_true", help="dusk queries only")
     p.add_argument(
         "--superpoint-weights", type=Path, default=SHARED / "weights" / "superpoint_v1.pth"
     )
@@ -99,7 +101,7 @@ def main() -> int:
     args = p.parse_args()
     extraction = {n: EXTRACTION[n] for n in args.extraction.split(",")}
     matching = {n: MATCHING[n] for n in args.matching.split(",")}
-    lights = [None] + [int(s) for s in args.seeds.split(",") if s]
+    lights = [None] * (not args.no_clear) + [int(s) for s in args.seeds.split(",") if s]
     report: dict = {}
     for scene in args.scenes.split(","):
         base_median = {}
