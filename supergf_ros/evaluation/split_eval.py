@@ -52,7 +52,7 @@ def map_key(dataset_dir: Path, map_names: list[str], map_conf: dict[str, Any]) -
     """The cache key of a map: the dataset, its keyframes and how the map is built."""
     from .. import __version__
 
-    src = {"dataset": dataset_dir.resolve().name, "names": map_names, "version": __version__}
+    src = {"dataset": str(dataset_dir.resolve()), "names": map_names, "version": __version__}
     src.update(map_conf)
     return hashlib.sha256(json.dumps(src, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -97,7 +97,9 @@ def query_dataset(dataset, names: list[str], dusk_seed: int | None, work_dir: Pa
     from ..datasets import Dataset
     from ..datasets.dusk import write_dusk_dataset
 
-    out_dir = work_dir / f"dusk_{dataset.root.resolve().name}_{dusk_seed}"
+    root = dataset.root.resolve()
+    tag = hashlib.sha256(str(root).encode()).hexdigest()[:8]  # datasets of the same name
+    out_dir = work_dir / f"dusk_{root.name}_{tag}_{dusk_seed}"
     return Dataset(write_dusk_dataset(dataset, names, dusk_seed, out_dir))
 
 
