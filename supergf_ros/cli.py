@@ -16,6 +16,7 @@ SUBCOMMANDS = [
     "supergf_ros.mapping.build_map",  # build-map
     "supergf_ros.localization.localize",  # localize
     "supergf_ros.evaluation.evaluate",  # evaluate
+    "supergf_ros.evaluation.split_eval",  # split-eval
     "supergf_ros.evaluation.eval_vpr",  # eval-vpr
     "supergf_ros.training.train",  # train
     "supergf_ros.datasets.make_scene",  # make-scene

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..features.contrast import CONTRAST_METHODS
 from ..inference.backends import AUTO_BACKEND_ORDER, BACKEND_OPTIONS
 from .retrieval import INDEX_KINDS
 
@@ -62,6 +63,24 @@ OPTIONS: dict[str, Option] = {
     ),
     "max_keypoints": Option(
         None, int, "Query keypoints cap; -1: as the map was built.", bounds=(16, 16384), off=-1
+    ),
+    "detection_threshold": Option(
+        None,
+        float,
+        "SuperPoint detection threshold of the queries (lower: more keypoints in dark "
+        "images); 0: as the map was built.",
+        bounds=(1e-6, 1.0),
+        off=0.0,
+    ),
+    # auto: Herz-Jesus-P25 odd queries at dusk (datasets.dusk), top_k 5, median 12.6 -> 8.6 mm;
+    # daylight queries are never dark, so they are extracted as before
+    "contrast_normalization": Option(
+        "auto",
+        str,
+        "Query contrast normalization before extraction: none | auto (equalize dark "
+        "queries, mean gray level < 32) | clahe | equalize | gamma (median to mid-gray).",
+        True,
+        choices=CONTRAST_METHODS,
     ),
     "resize_max": Option(
         None, int, "Longer query side in px; 0: as the map was built.", bounds=(16, 8192), off=0

@@ -108,6 +108,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--max-keypoints", type=int, help="query keypoints (default: as the map)")
     p.add_argument("--resize-max", type=int, help="query resize (default: as the map)")
+    p.add_argument("--detection-threshold", type=float, help=opt["detection_threshold"].description)
+    p.add_argument(
+        "--contrast-normalization",
+        choices=opt["contrast_normalization"].choices,
+        default=opt["contrast_normalization"].default,
+        help=opt["contrast_normalization"].description,
+    )
     p.add_argument("--index", choices=opt["index"].choices, default=opt["index"].default)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -133,6 +140,8 @@ def localizer_conf_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "match_3d_only": not args.match_all_keypoints,
         "max_keypoints": args.max_keypoints,
         "resize_max": args.resize_max,
+        "detection_threshold": args.detection_threshold,
+        "contrast_normalization": args.contrast_normalization,
         "index": args.index,
     }
     return check_conf(conf)

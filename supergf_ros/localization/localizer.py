@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..features.base import LocalFeatures, validate_image
+from ..features.contrast import normalize_contrast
 from ..geometry import Camera, Pose, world_from_cam_covariance
 from ..mapping.map_format import RUNTIME_OPTIONS, MapData, read_map
 from ..mapping.map_store import LazyMap, is_v3, open_map
@@ -261,6 +262,8 @@ class Localizer:
             conf["device"] = self._backend_choice.device
             if self.conf["resize_max"] is not None:
                 conf["resize_max"] = int(self.conf["resize_max"])
+            if self.conf["detection_threshold"] is not None:
+                conf["detection_threshold"] = float(self.conf["detection_threshold"])
             # the dense map is a second device -> host copy: only when retrieval reads it
             conf["return_dense"] = needs_dense
             conf["precision"] = self.conf["superpoint_precision"]
@@ -335,6 +338,17 @@ class Localizer:
         `prior` the candidates come from around it (tracking mode) and the fix is gated by it.
         Raises ValueError only for a malformed image or camera; failures are results.
         """
+        t0 = time.perf_counter()
+        features, camera = self.extract(image, camera)
+        t_extract = (time.perf_counter() - t0) * 1e3
+        result = self.localize_features(features, camera, top_k=top_k, prior=prior)
+        result.timings_ms["extract"] = t_extract
+        result.timings_ms["total"] += t_extract
+        return result
+
+    def extract(self, image: np.ndarray, camera: Camera) -> tuple[LocalFeatures, Camera]:
+        """The query's local features and the camera they are in (the image checked, within
+        the pixel budget); `localize_features` takes it from here, e.g. once per top_k."""
         image = validate_image(image)
         if not isinstance(camera, Camera):
             raise ValueError(f"camera must be a supergf_ros.geometry.Camera, got {type(camera)}")
@@ -345,13 +359,10 @@ class Localizer:
                 "scale the camera with Camera.scaled() to the image size"
             )
         image, camera = self._within_pixel_budget(image, camera)
-        t0 = time.perf_counter()
-        features = self.extractor.extract(image)
-        t_extract = (time.perf_counter() - t0) * 1e3
-        result = self.localize_features(features, camera, top_k=top_k, prior=prior)
-        result.timings_ms["extract"] = t_extract
-        result.timings_ms["total"] += t_extract
-        return result
+        method = self.conf["contrast_normalization"]
+        if method != "none":
+            image = normalize_contrast(image, method)
+        return self.extractor.extract(image), camera
 
     def _within_pixel_budget(self, image: np.ndarray, camera: Camera) -> tuple[np.ndarray, Camera]:
         """`image` and `camera` downscaled (area filter) to at most `max_image_pixels`."""
