@@ -113,9 +113,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     scale.add_argument("--scale-data", type=Path, help="data folder with strecha/fountain-P11")
     scale.add_argument("--scale-queries", type=int, default=20, help="queries per map size")
     scale.add_argument("--scale-cache", type=int, default=128, help="keyframe_cache_size")
-    scale.add_argument(
-        "--plot", type=Path, help="PNG plot (cost vs keyframes; --realtime: rate and latency)"
-    )
+    scale.add_argument("--plot", type=Path, help="PNG plot (cost vs keyframes; --realtime: rates)")
     _add_realtime_arguments(parser)
     parser.set_defaults(func=run)
     return parser
@@ -142,6 +140,7 @@ def _add_realtime_arguments(parser: argparse.ArgumentParser) -> None:
     rt.add_argument(
         "--modes", default="serial,pipelined", help="node modes (default serial,pipelined)"
     )
+    rt.add_argument("--rounds", type=int, default=1, help="runs of every configuration, in turn")
 
 
 def _realtime_configs(args: argparse.Namespace) -> tuple[tuple[str, bool], ...]:
@@ -174,7 +173,7 @@ def _run_realtime(args: argparse.Namespace) -> int:
     else:
         bag, map_path = args.bag, args.map
     result = rt.run_realtime_benchmark(bag, map_path, weights, work / "runs", configs=configs,
-                                       inference_threads=args.threads or 0,
+                                       inference_threads=args.threads or 0, rounds=args.rounds,
                                        progress=not args.json, log=log)  # fmt: skip
     if args.plot is not None:
         result["plot"] = str(rt.plot_runs(result, args.plot))
