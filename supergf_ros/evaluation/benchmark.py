@@ -121,8 +121,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _add_realtime_arguments(parser: argparse.ArgumentParser) -> None:
     rt = parser.add_argument_group(
-        "realtime node (--realtime: only this benchmark runs; --work-dir keeps its data, "
-        "--threads sets the node's inference_threads)"
+        "realtime node (--realtime: only this benchmark runs; --work-dir keeps its data)"
     )
     rt.add_argument(
         "--realtime",
@@ -140,10 +139,18 @@ def _add_realtime_arguments(parser: argparse.ArgumentParser) -> None:
     rt.add_argument(
         "--modes", default="serial,pipelined", help="node modes (default serial,pipelined)"
     )
+    rt.add_argument(
+        "--inference-threads",
+        default="0",
+        help="the node's inference_threads, e.g. 0,1 (0: default)",
+    )
     rt.add_argument("--rounds", type=int, default=1, help="runs of every configuration, in turn")
 
 
-def _realtime_configs(args: argparse.Namespace) -> tuple[tuple[str, bool], ...]:
+def _realtime_configs(args: argparse.Namespace) -> tuple:
+    """The `realtime_benchmark.Config`s of --precisions x --modes x --inference-threads."""
+    from .realtime_benchmark import Config
+
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [p for p in precisions if p not in ("fp32", "int8")]
@@ -153,7 +160,13 @@ def _realtime_configs(args: argparse.Namespace) -> tuple[tuple[str, bool], ...]:
             f"unknown --precisions/--modes {bad}: precisions are fp32,int8 and modes "
             "serial,pipelined"
         )
-    return tuple((p, m == "pipelined") for p in precisions for m in modes)
+    try:
+        threads = [int(t) for t in args.inference_threads.split(",") if t.strip()]
+    except ValueError as err:
+        raise ValueError(f"--inference-threads must be integers like 0,1: {err}") from err
+    if not threads or not all(0 <= t <= 256 for t in threads):
+        raise ValueError(f"--inference-threads must be in [0, 256], got {args.inference_threads}")
+    return tuple(Config(p, m == "pipelined", t) for t in threads for p in precisions for m in modes)
 
 
 def _run_realtime(args: argparse.Namespace) -> int:
@@ -173,7 +186,7 @@ def _run_realtime(args: argparse.Namespace) -> int:
     else:
         bag, map_path = args.bag, args.map
     result = rt.run_realtime_benchmark(bag, map_path, weights, work / "runs", configs=configs,
-                                       inference_threads=args.threads or 0, rounds=args.rounds,
+                                       rounds=args.rounds,
                                        progress=not args.json, log=log)  # fmt: skip
     if args.plot is not None:
         result["plot"] = str(rt.plot_runs(result, args.plot))

@@ -18,14 +18,25 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-CONFIGS: tuple[tuple[str, bool], ...] = (
-    ("fp32", False),
-    ("fp32", True),
-    ("int8", False),
-    ("int8", True),
-)
+
+class Config(NamedTuple):
+    """One node configuration: SuperPoint precision, `pipeline`, `inference_threads` (0: the
+    default)."""
+
+    precision: str
+    pipelined: bool
+    inference_threads: int = 0
+
+    @property
+    def name(self) -> str:
+        mode = "pipelined" if self.pipelined else "serial"
+        threads = f"_{self.inference_threads}threads" if self.inference_threads else ""
+        return f"{self.precision}_{mode}{threads}"
+
+
+CONFIGS: tuple[Config, ...] = tuple(Config(p, m) for p in ("fp32", "int8") for m in (False, True))
 RECALL_KEY = "recall_0.25m_2deg"
 
 
@@ -97,50 +108,44 @@ def run_realtime_benchmark(
     weights: Path,
     out_dir: Path,
     *,
-    configs: tuple[tuple[str, bool], ...] = CONFIGS,
-    inference_threads: int = 0,
+    configs: tuple[Config, ...] = CONFIGS,
     rounds: int = 1,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Replay `bag` at 1x through one node per (precision, pipelined) of `configs`, `rounds`
-    times in turn (a load that changes meanwhile hits every configuration alike).
+    """Replay `bag` at 1x through one node per configuration of `configs`, `rounds` times in
+    turn (a load that changes meanwhile hits every configuration alike).
 
-    Returns {"bag", "map", "setup", "realtime": [run, ...], "ratio_rate_int8_pipelined_over_
-    fp32_serial"} (of the median rates); each run has precision, pipelined, round, rate_hz,
-    latency_ms_p50, latency_ms_p95, dropped_fraction, recall_0.25m_2deg, node_peak_rss_mb and
-    the frame counts.
+    Returns {"bag", "map", "setup", "realtime": [run, ...], "median": [per configuration],
+    "ratio_rate_int8_pipelined_over_fp32_serial"} (of the median rates); each run has
+    precision, pipelined, inference_threads, round, rate_hz, latency_ms_p50, latency_ms_p95,
+    dropped_fraction, recall_0.25m_2deg, node_peak_rss_mb and the frame counts.
     """
     if rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {rounds}")
     t0 = time.perf_counter()
-    cache_networks(map_path, weights, {p for p, _ in configs})
+    cache_networks(map_path, weights, {c.precision for c in configs})
     log(f"realtime: networks cached in {time.perf_counter() - t0:.1f} s")
     runs = []
     for round_index in range(rounds):
-        for precision, pipelined in configs:
-            name = f"{precision}_{'pipelined' if pipelined else 'serial'}"
-            log(f"realtime: {name} (round {round_index + 1}/{rounds}) ...")
-            folder = out_dir / (name if rounds == 1 else f"{name}_{round_index + 1}")
-            replay = _replay(bag, map_path, weights, precision, pipelined, inference_threads,
-                             folder, progress)  # fmt: skip
-            runs.append({**run_row(replay, precision, pipelined, inference_threads),
-                         "round": round_index + 1})  # fmt: skip
+        for config in configs:
+            log(f"realtime: {config.name} (round {round_index + 1}/{rounds}) ...")
+            folder = out_dir / (config.name if rounds == 1 else f"{config.name}_{round_index + 1}")
+            replay = _replay(bag, map_path, weights, config, folder, progress)
+            runs.append({**run_row(replay, config), "round": round_index + 1})
             log(format_row(runs[-1]))
     return {
         "bag": str(bag),
         "map": str(map_path),
-        "setup": {
-            "cpu_count": os.cpu_count(),
-            "inference_threads": int(inference_threads),
-            "rounds": rounds,
-        },
+        "setup": {"cpu_count": os.cpu_count(), "rounds": rounds},
         "realtime": runs,
+        "median": medians(runs),
         "ratio_rate_int8_pipelined_over_fp32_serial": rate_ratio(runs),
     }
 
 
-def _replay(bag, map_path, weights, precision, pipelined, threads, folder, progress) -> dict:
+def _replay(bag: Path, map_path: Path, weights: Path, config: Config, folder: Path,
+            progress: bool) -> dict:  # fmt: skip
     """One node run: `replay_bag` at 1x with the configuration's node parameters."""
     from ..ros.replay import replay_bag
 
@@ -148,15 +153,15 @@ def _replay(bag, map_path, weights, precision, pipelined, threads, folder, progr
         "superpoint_weights": str(Path(weights).resolve()),
         "backend": "onnxruntime",
         "device": "cpu",
-        "superpoint_precision": precision,
-        "pipeline": pipelined,
-        "inference_threads": int(threads),
+        "superpoint_precision": config.precision,
+        "pipeline": config.pipelined,
+        "inference_threads": config.inference_threads,
     }
     return replay_bag(bag, map_path, rate=1.0, node_params=params, output_dir=folder,
                       progress=progress)  # fmt: skip
 
 
-def run_row(replay: dict[str, Any], precision: str, pipelined: bool, threads: int) -> dict:
+def run_row(replay: dict[str, Any], config: Config) -> dict:
     """One run's figures from `replay_bag`'s result."""
     duration = float(replay["duration_s"])
     processed = int(replay["frames_processed"])
@@ -166,9 +171,9 @@ def run_row(replay: dict[str, Any], precision: str, pipelined: bool, threads: in
         good = sum(1 for e in errors.values() if e is not None and e[0] <= 0.25 and e[1] <= 2.0)
         recall = good / processed
     return {
-        "precision": precision,
-        "pipelined": bool(pipelined),
-        "inference_threads": int(threads),
+        "precision": config.precision,
+        "pipelined": bool(config.pipelined),
+        "inference_threads": int(config.inference_threads),
         "rate_hz": replay["frames_localized"] / duration if duration > 0 else 0.0,
         "processed_hz": replay["throughput_hz"],
         "latency_ms_p50": replay["latency_ms_p50"],
@@ -187,27 +192,48 @@ def run_row(replay: dict[str, Any], precision: str, pipelined: bool, threads: in
     }
 
 
-def rate_ratio(runs: list[dict]) -> float | None:
-    """Median rate of pipelined int8 over that of serial fp32 (None unless both ran)."""
+def medians(runs: list[dict]) -> list[dict]:
+    """Per configuration, in run order: the median of each figure over its rounds."""
     import statistics
 
-    def median_rate(precision: str, pipelined: bool) -> float | None:
-        rates = [
-            r["rate_hz"] for r in runs if (r["precision"], r["pipelined"]) == (precision, pipelined)
-        ]
-        return statistics.median(rates) if rates else None
+    keys = ("rate_hz", "latency_ms_p50", "latency_ms_p95", "dropped_fraction", RECALL_KEY,
+            "node_peak_rss_mb")  # fmt: skip
+    configs = list(dict.fromkeys(_config(r) for r in runs))
+    out = []
+    for config in configs:
+        mine = [r for r in runs if _config(r) == config]
+        row = {**config._asdict(), "runs": len(mine)}
+        for key in keys:
+            values = [r[key] for r in mine if r[key] is not None]
+            row[key] = statistics.median(values) if values else None
+        out.append(row)
+    return out
 
-    base, best = median_rate("fp32", False), median_rate("int8", True)
+
+def _config(run: dict) -> Config:
+    return Config(run["precision"], run["pipelined"], run["inference_threads"])
+
+
+def rate_ratio(runs: list[dict]) -> float | None:
+    """Median rate of pipelined int8 over that of serial fp32, both with the first thread
+    setting of the runs (None unless both ran)."""
+    threads = runs[0]["inference_threads"] if runs else 0
+    rate = {_config(m): m["rate_hz"] for m in medians(runs)}
+    base, best = rate.get(Config("fp32", False, threads)), rate.get(Config("int8", True, threads))
     return best / base if base and best is not None else None
 
 
 def format_row(r: dict) -> str:
+    """One run as a line of the table."""
+
     def fmt(v: Any, spec: str) -> str:
         return "n/a" if v is None else format(v, spec)
 
+    threads = str(r["inference_threads"] or "default")
     return (
-        f"{r['precision']:>5} {'pipelined' if r['pipelined'] else 'serial':>9} "
-        f"{r['rate_hz']:7.2f} {fmt(r['latency_ms_p50'], '8.0f')} {fmt(r['latency_ms_p95'], '8.0f')} "
+        f"{r['precision']:>5} {'pipelined' if r['pipelined'] else 'serial':>9} {threads:>7} "
+        f"{r['rate_hz']:7.2f} {fmt(r['latency_ms_p50'], '8.0f')} "
+        f"{fmt(r['latency_ms_p95'], '8.0f')} "
         f"{r['dropped_fraction']:8.1%} {fmt(r[RECALL_KEY], '7.3f')} "
         f"{fmt(r['node_peak_rss_mb'], '8.0f')}"
     )
@@ -217,9 +243,11 @@ def format_table(result: dict) -> str:
     """The readable table of `run_realtime_benchmark`'s result and the rate ratio."""
     lines = [
         f"realtime replay of {result['bag']} (1x) against {result['map']}",
-        "  prec      mode rate_Hz  p50_ms   p95_ms  dropped  recall   RSS_MB",
+        "  prec      mode threads rate_Hz  p50_ms   p95_ms  dropped  recall   RSS_MB",
         *(format_row(r) for r in result["realtime"]),
     ]
+    if result["setup"].get("rounds", 1) > 1:
+        lines += ["median over the rounds:", *(format_row(m) for m in result["median"])]
     ratio = result["ratio_rate_int8_pipelined_over_fp32_serial"]
     if ratio is not None:
         lines.append(f"rate: pipelined int8 / serial fp32 = {ratio:.2f}x")
@@ -227,14 +255,14 @@ def format_table(result: dict) -> str:
 
 
 def plot_runs(result: dict, path: Path) -> Path:
-    """Bars of rate and latency p50/p95 per run (PNG)."""
+    """Bars of rate and latency p50/p95 per configuration (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = result["realtime"]
-    labels = [f"{r['precision']}\n{'pipelined' if r['pipelined'] else 'serial'}" for r in runs]
+    runs = result["median"]  # one bar per configuration: the median over the rounds
+    labels = [_config(r).name.replace("_", "\n") for r in runs]
     fig, (ax_rate, ax_lat) = plt.subplots(1, 2, figsize=(10, 4))
     ax_rate.bar(labels, [r["rate_hz"] for r in runs], color="tab:blue")
     ax_rate.set_ylabel("localizations per second")

@@ -18,8 +18,9 @@ Heavy work runs on worker threads; the subscription callback only stores the new
 (newest wins, replaced frames count as dropped). With `pipeline` (two threads) the prior-free
 stage of frame t+1 (decode, local features, global descriptor: `Localizer.prepare`) overlaps the
 rest of frame t (prior, matching, PnP, tracker, publishing: `Localizer.localize_prepared`); one
-prepared frame at most waits between them, so results go out in arrival order. Bad input is reported, never fatal. A missing or
-incompatible map or weights file at start-up is a clear error and exit code 2.
+prepared frame at most waits between them, so results go out in arrival order. Bad input is
+reported, never fatal. A missing or incompatible map or weights file at start-up is a clear error
+and exit code 2.
 """
 
 from __future__ import annotations
