@@ -275,9 +275,7 @@ class _LocalizerCore:
             map_data = load_map(Path(map_path), cache_size)
         except (FileNotFoundError, ValueError, KeyError, OSError) as err:
             raise StartupError(f"cannot load map {map_path}: {err}") from err
-        threads = int(self.params["inference_threads"])
-        if threads > 0:  # read by every ONNX Runtime session the Localizer creates
-            os.environ[ORT_THREADS_ENV] = str(threads)
+        self._apply_thread_settings()
         try:
             localizer = Localizer(map_data, localizer_conf(self.params))
         except (FileNotFoundError, ValueError, KeyError, OSError) as err:
@@ -291,6 +289,18 @@ class _LocalizerCore:
         if self.params["warmup"]:
             self._warmup(localizer)
         return localizer
+
+    def _apply_thread_settings(self) -> None:
+        """`inference_threads` for the ONNX Runtime sessions about to be created, and
+        `blas_threads` for numpy's BLAS (matching): idle OpenBLAS threads spin, so more of them
+        than free cores slow the networks running beside them in the pipeline."""
+        threads = int(self.params["inference_threads"])
+        if threads > 0:  # read by every ONNX Runtime session the Localizer creates
+            os.environ[ORT_THREADS_ENV] = str(threads)
+        if int(self.params["blas_threads"]) > 0:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=int(self.params["blas_threads"]), user_api="blas")
 
     def _on_load_map(self, request: Any, response: Any) -> Any:
         """~/load_map: build the new localizer aside, then swap; a failure keeps the old map."""

@@ -69,6 +69,12 @@ _NODE_ONLY: dict[str, NodeParam] = {
         "Runtime's default (one per physical core).",
         bounds=(0, 256),
     ),
+    "blas_threads": NodeParam(
+        1,
+        "numpy's BLAS threads (matching); 0: its default (one per core). 1: its spinning threads "
+        "do not slow the networks running beside matching in the pipeline.",
+        bounds=(0, 256),
+    ),
     "diagnostics_period_s": NodeParam(1.0, "Period of /diagnostics.", bounds=(0.05, 60.0)),
     # -- the robot (REP-105: map -> odom -> base_link -> camera) --
     "base_frame": NodeParam("base_link", "The robot's base frame."),
