@@ -59,9 +59,10 @@ _NODE_ONLY: dict[str, NodeParam] = {
     ),
     "warmup": NodeParam(True, "Run one dummy frame at start-up so the first real one is fast."),
     "pipeline": NodeParam(
-        True,
+        False,
         "Two worker threads: local features and global descriptor of frame t+1 overlap "
-        "matching and PnP of frame t (results stay in arrival order); false: one thread.",
+        "matching and PnP of frame t (results stay in arrival order); false: one thread. Pays "
+        "where a core is free beside the networks' threads (`benchmark --realtime` measures it).",
     ),
     "inference_threads": NodeParam(
         0,
