@@ -182,6 +182,7 @@ def run_row(replay: dict[str, Any], config: Config) -> dict:
         RECALL_KEY: recall,
         "recall_0.25m_2deg_of_all_frames": (replay.get("recall") or {}).get("0.25m_2deg"),
         "node_peak_rss_mb": replay["node_peak_rss_mb"],
+        "node_torch_loaded": replay.get("node_torch_loaded"),
         "frames_in": replay["frames_in"],
         "frames_processed": processed,
         "frames_localized": replay["frames_localized"],
