@@ -79,3 +79,23 @@ def test_global_fix_covariance_is_calibrated_and_in_the_map_frame(fountain):
     assert np.all(np.linalg.eigvalsh(cov) > 0)
     floor = np.radians(loc.conf["fix_sigma_floor_deg"]) ** 2
     assert np.all(np.diag(cov)[3:] >= floor)
+
+
+def test_prepared_query_localizes_as_the_whole_step(fountain):
+    """`prepare` then `localize_prepared` (the node's two pipeline stages) is `localize`: the
+    same features and candidates, so the same matches; the pose up to PnP-RANSAC's randomness."""
+    loc, ds = fountain
+    image, camera, gt = _query(ds, "0003.jpg")
+    for prior in (None, _prior(gt, 0.1, 0.3)):
+        whole = loc.localize(image, camera, prior=prior)
+        query = loc.prepare(image, camera)
+        assert set(query.timings_ms) == {"extract", "global"}
+        staged = loc.localize_prepared(query, prior=prior)
+        assert staged.success and whole.success and staged.mode == whole.mode
+        assert staged.retrieved == whole.retrieved and staged.num_matches == whole.num_matches
+        assert staged.num_correspondences == whole.num_correspondences
+        assert abs(staged.num_inliers - whole.num_inliers) <= 0.05 * whole.num_inliers
+        t_err, r_err = pose_error(staged.cam_from_world, whole.cam_from_world)
+        assert t_err < 0.01 and r_err < 0.2
+        t = staged.timings_ms
+        assert t["total"] >= t["extract"] + t["global"] + t["matching"] > 0

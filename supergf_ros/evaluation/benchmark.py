@@ -113,9 +113,89 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     scale.add_argument("--scale-data", type=Path, help="data folder with strecha/fountain-P11")
     scale.add_argument("--scale-queries", type=int, default=20, help="queries per map size")
     scale.add_argument("--scale-cache", type=int, default=128, help="keyframe_cache_size")
-    scale.add_argument("--plot", type=Path, help="PNG plot of cost vs keyframes")
+    scale.add_argument("--plot", type=Path, help="PNG plot (cost vs keyframes; --realtime: rates)")
+    _add_realtime_arguments(parser)
     parser.set_defaults(func=run)
     return parser
+
+
+def _add_realtime_arguments(parser: argparse.ArgumentParser) -> None:
+    rt = parser.add_argument_group(
+        "realtime node (--realtime: only this benchmark runs; --work-dir keeps its data)"
+    )
+    rt.add_argument(
+        "--realtime",
+        action="store_true",
+        help="replay a bag at its real rate through the node: fp32/int8 x pipelined/serial",
+    )
+    rt.add_argument("--bag", type=Path, help="rosbag2 to replay (default: the demo scene's)")
+    rt.add_argument("--map", type=Path, help="map of --bag (required with --bag)")
+    rt.add_argument("--realtime-queries", type=int, default=200, help="demo bag frames")
+    rt.add_argument("--camera-rate", type=float, default=10.0, help="demo bag frame rate (Hz)")
+    rt.add_argument("--realtime-size", default="640x480", help="demo scene image size")
+    rt.add_argument(
+        "--precisions", default="fp32,int8", help="SuperPoint precisions (default fp32,int8)"
+    )
+    rt.add_argument(
+        "--modes", default="serial,pipelined", help="node modes (default serial,pipelined)"
+    )
+    rt.add_argument(
+        "--inference-threads",
+        default="0",
+        help="the node's inference_threads, e.g. 0,1 (0: default)",
+    )
+    rt.add_argument("--rounds", type=int, default=1, help="runs of every configuration, in turn")
+
+
+def _realtime_configs(args: argparse.Namespace) -> tuple:
+    """The `realtime_benchmark.Config`s of --precisions x --modes x --inference-threads."""
+    from .realtime_benchmark import Config
+
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [p for p in precisions if p not in ("fp32", "int8")]
+    bad += [m for m in modes if m not in ("serial", "pipelined")]
+    if bad or not precisions or not modes:
+        raise ValueError(
+            f"unknown --precisions/--modes {bad}: precisions are fp32,int8 and modes "
+            "serial,pipelined"
+        )
+    try:
+        threads = [int(t) for t in args.inference_threads.split(",") if t.strip()]
+    except ValueError as err:
+        raise ValueError(f"--inference-threads must be integers like 0,1: {err}") from err
+    if not threads or not all(0 <= t <= 256 for t in threads):
+        raise ValueError(f"--inference-threads must be in [0, 256], got {args.inference_threads}")
+    return tuple(Config(p, m == "pipelined", t) for t in threads for p in precisions for m in modes)
+
+
+def _run_realtime(args: argparse.Namespace) -> int:
+    from . import realtime_benchmark as rt
+
+    configs = _realtime_configs(args)
+    if (args.bag is None) != (args.map is None):
+        raise ValueError("--bag and --map go together (the map the bag localizes against)")
+    weights = rt.default_weights(args.superpoint_weights)
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    work = args.work_dir or Path("outputs") / "realtime_benchmark"
+    if args.bag is None:
+        size = _parse_size(args.realtime_size)
+        bag, map_path = rt.demo_bag(work, weights, num_queries=args.realtime_queries,
+                                    camera_rate_hz=args.camera_rate, size=size,
+                                    progress=not args.json)  # fmt: skip
+    else:
+        bag, map_path = args.bag, args.map
+    result = rt.run_realtime_benchmark(bag, map_path, weights, work / "runs", configs=configs,
+                                       rounds=args.rounds,
+                                       progress=not args.json, log=log)  # fmt: skip
+    if args.plot is not None:
+        result["plot"] = str(rt.plot_runs(result, args.plot))
+    if args.out is not None:
+        atomic_write_text(args.out, json.dumps(result, indent=2))
+    log(rt.format_table(result))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
 
 
 def _run_map_scale(args: argparse.Namespace) -> int:
@@ -503,6 +583,8 @@ def _run_pipeline(args: argparse.Namespace, backends: tuple[str, ...], result: d
 def run(args: argparse.Namespace) -> int:
     if args.map_scale:
         return _run_map_scale(args)
+    if args.realtime:
+        return _run_realtime(args)
     size = _parse_size(args.size)
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     if args.threads is not None:

@@ -118,9 +118,9 @@ def localize_queries(
         h, w = image.shape[:2]
         if (camera.width, camera.height) != (w, h):
             camera = camera.scaled(w / camera.width, h / camera.height)
-        features, camera = localizer.extract(image, camera)
+        query = localizer.prepare(image, camera)  # features and global descriptor once
         for k in top_ks:
-            out[k][name] = localizer.localize_features(features, camera, top_k=k)
+            out[k][name] = localizer.localize_prepared(query, top_k=k)
     return out
 
 

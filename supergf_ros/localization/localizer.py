@@ -93,6 +93,18 @@ class PosePrior:
     covariance: np.ndarray
 
 
+@dataclass
+class PreparedQuery:
+    """The prior-free stages of one query (`Localizer.prepare`): its local features, the camera
+    they are in (downscaled with the image when it exceeded the pixel budget), its global
+    descriptor and their timings (ms: "extract", "global")."""
+
+    features: LocalFeatures
+    camera: Camera
+    global_descriptor: np.ndarray
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
 class Localizer:
     """Localize images against a map: `Localizer.from_map(path, conf).localize(image, camera)`.
 
@@ -337,14 +349,22 @@ class Localizer:
         `top_k` overrides the configured number of retrieved keyframes for this call; with a
         `prior` the candidates come from around it (tracking mode) and the fix is gated by it.
         Raises ValueError only for a malformed image or camera; failures are results.
+        Equal to `localize_prepared(prepare(image, camera), top_k, prior)`.
+        """
+        return self.localize_prepared(self.prepare(image, camera), top_k=top_k, prior=prior)
+
+    def prepare(self, image: np.ndarray, camera: Camera) -> PreparedQuery:
+        """The stages that need no prior: local features and global descriptor of one image.
+
+        A pipelined caller runs this on the next frame while `localize_prepared` matches the
+        current one. ValueError for a malformed image or camera.
         """
         t0 = time.perf_counter()
         features, camera = self.extract(image, camera)
         t_extract = (time.perf_counter() - t0) * 1e3
-        result = self.localize_features(features, camera, top_k=top_k, prior=prior)
-        result.timings_ms["extract"] = t_extract
-        result.timings_ms["total"] += t_extract
-        return result
+        query = self.describe(features, camera)
+        query.timings_ms["extract"] = t_extract
+        return query
 
     def extract(self, image: np.ndarray, camera: Camera) -> tuple[LocalFeatures, Camera]:
         """The query's local features and the camera they are in (the image checked, within
@@ -363,6 +383,13 @@ class Localizer:
         if method != "none":
             image = normalize_contrast(image, method)
         return self.extractor.extract(image), camera
+
+    def describe(self, features: LocalFeatures, camera: Camera) -> PreparedQuery:
+        """A query of already extracted features: their global descriptor (timed)."""
+        timings: dict[str, float] = {}
+        with _timed(timings, "global"):
+            global_descriptor = self.aggregator(features)
+        return PreparedQuery(features, camera, global_descriptor, timings)
 
     def _within_pixel_budget(self, image: np.ndarray, camera: Camera) -> tuple[np.ndarray, Camera]:
         """`image` and `camera` downscaled (area filter) to at most `max_image_pixels`."""
@@ -386,12 +413,18 @@ class Localizer:
         prior: PosePrior | None = None,
     ) -> LocalizationResult:
         """Localize from already extracted query features (all stages after extraction)."""
+        return self.localize_prepared(self.describe(features, camera), top_k=top_k, prior=prior)
+
+    def localize_prepared(
+        self, query: PreparedQuery, top_k: int | None = None, prior: PosePrior | None = None
+    ) -> LocalizationResult:
+        """Localize a `prepare`d query: candidates, matching, pose, calibration and gate."""
         conf = self.conf  # one configuration for the whole query (update() may replace it)
         top_k = check_value("top_k", conf["top_k"] if top_k is None else top_k)
+        features, camera, gdesc = query.features, query.camera, query.global_descriptor
         timings = {k: 0.0 for k in TIMING_KEYS}
+        timings.update(query.timings_ms)
         t_start = time.perf_counter()
-        with _timed(timings, "global"):
-            gdesc = self.aggregator(features)
         with _timed(timings, "retrieval"):
             if prior is None:
                 keyframe_ids, scores = self.retrieve(gdesc, top_k)
@@ -409,7 +442,8 @@ class Localizer:
             self._match_and_estimate(features, camera, keyframe_ids, scores, conf, result, timings)
         if result.success:
             self._calibrate_and_gate(result, prior, conf)
-        timings["total"] = (time.perf_counter() - t_start) * 1e3
+        elapsed = (time.perf_counter() - t_start) * 1e3
+        timings["total"] = elapsed + timings["extract"] + timings["global"]
         result.timings_ms = timings
         return result
 

@@ -14,17 +14,24 @@ Publishes:
         and the map's 3D points.
     /tf (tf2_msgs/TFMessage) map_frame -> camera frame when `publish_tf` is true.
 
-Heavy work runs on a worker thread; the subscription callback only stores the newest frame
-(newest wins, replaced frames count as dropped). Bad input is reported, never fatal. A missing or
-incompatible map or weights file at start-up is a clear error and exit code 2.
+Heavy work runs on worker threads; the subscription callback only stores the newest frame
+(newest wins, replaced frames count as dropped). With `pipeline` (two threads) the prior-free
+stage of frame t+1 (decode, local features, global descriptor: `Localizer.prepare`) overlaps the
+rest of frame t (prior, matching, PnP, tracker, publishing: `Localizer.localize_prepared`); one
+prepared frame at most waits between them, so results go out in arrival order. Bad input is
+reported, never fatal. A missing or incompatible map or weights file at start-up is a clear error
+and exit code 2.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +61,8 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from supergf_ros.geometry import Camera
-from supergf_ros.localization.localizer import PosePrior
+from supergf_ros.inference.onnx import ORT_THREADS_ENV
+from supergf_ros.localization.localizer import PosePrior, PreparedQuery
 from supergf_ros.ros.conversions import (
     bounded_text,
     camera_for_image,
@@ -92,6 +100,20 @@ except ImportError:  # TF is optional (tf2_msgs is not on PyPI; scripts/build_ms
     TFMessage = None
 
 NODE_NAME = "localizer"
+
+
+@dataclass
+class _Frame:
+    """One camera frame on its way through the two stages: the message, when it was received
+    and stage 1 took it (perf_counter s), the localizer that prepared it, and the prepared
+    query or why stage 1 failed."""
+
+    msg: Any
+    received: float
+    start: float
+    localizer: Any
+    query: PreparedQuery | None = None
+    error: str = ""
 
 
 class StartupError(RuntimeError):
@@ -139,8 +161,9 @@ class _LocalizerCore:
             )
         self._lock = threading.Condition()
         self._pending: tuple[Image, float] | None = None
+        self._prepared: _Frame | None = None  # pipeline: the hand-off between the two stages
         self._stop = False
-        self._worker: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
         self._camera: Camera | None = None
         self._camera_error = ""
         self._counts = {"received": 0, "processed": 0, "dropped": 0, "localized": 0}
@@ -172,13 +195,26 @@ class _LocalizerCore:
         self._create_robot_interfaces()
         self._active = [e for e in self._entities() if id(e[1]) not in before]
         self._stop = False
-        self._worker = threading.Thread(target=self._work, name="localizer-worker", daemon=True)
-        self._worker.start()
+        self._prepared = None
+        self._start_workers()
         m = self._localizer.map
         self.get_logger().info(
             f"ready: map {self.params['map_path']} ({len(m.keyframe_names)} keyframes, "
             f"{len(m.points3D)} points), listening on {self._image_sub.topic_name}"
         )
+
+    def _start_workers(self) -> None:
+        """One worker running both stages, or (`pipeline`) one thread per stage."""
+        if self.params["pipeline"]:
+            targets = {"localizer-prepare": self._work_prepare, "localizer-match": self._work_match}
+        else:
+            targets = {"localizer-worker": self._work}
+        self._workers = [
+            threading.Thread(target=target, name=name, daemon=True)
+            for name, target in targets.items()
+        ]
+        for worker in self._workers:
+            worker.start()
 
     def _entities(self) -> list[tuple[Any, Any]]:
         return [
@@ -239,6 +275,7 @@ class _LocalizerCore:
             map_data = load_map(Path(map_path), cache_size)
         except (FileNotFoundError, ValueError, KeyError, OSError) as err:
             raise StartupError(f"cannot load map {map_path}: {err}") from err
+        self._apply_thread_settings()
         try:
             localizer = Localizer(map_data, localizer_conf(self.params))
         except (FileNotFoundError, ValueError, KeyError, OSError) as err:
@@ -252,6 +289,18 @@ class _LocalizerCore:
         if self.params["warmup"]:
             self._warmup(localizer)
         return localizer
+
+    def _apply_thread_settings(self) -> None:
+        """`inference_threads` for the ONNX Runtime sessions about to be created, and
+        `blas_threads` for numpy's BLAS (matching): idle OpenBLAS threads spin, so more of them
+        than free cores slow the networks running beside them in the pipeline."""
+        threads = int(self.params["inference_threads"])
+        if threads > 0:  # read by every ONNX Runtime session the Localizer creates
+            os.environ[ORT_THREADS_ENV] = str(threads)
+        if int(self.params["blas_threads"]) > 0:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=int(self.params["blas_threads"]), user_api="blas")
 
     def _on_load_map(self, request: Any, response: Any) -> Any:
         """~/load_map: build the new localizer aside, then swap; a failure keeps the old map."""
@@ -369,7 +418,7 @@ class _LocalizerCore:
             if self._pending is not None:
                 self._counts["dropped"] += 1
             self._pending = (msg, time.perf_counter())
-            self._lock.notify()
+            self._lock.notify_all()  # the worker, or the pipeline's first stage
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
@@ -383,24 +432,75 @@ class _LocalizerCore:
             self._camera, self._camera_error = camera, ""
 
     # -- processing ---------------------------------------------------------------------------
-    def _work(self) -> None:
+    def _next_frame(self, next_time: float, pipelined: bool) -> tuple[Image, float] | None:
+        """The newest received frame once `max_rate_hz` allows it (and, `pipelined`, once the
+        second stage took the previous one); None when stopping."""
+        with self._lock:
+            while not self._stop and (
+                self._pending is None
+                or (pipelined and self._prepared is not None)
+                or time.perf_counter() < next_time
+            ):
+                waiting_for_rate = self._pending is not None and not (
+                    pipelined and self._prepared is not None
+                )
+                self._lock.wait(next_time - time.perf_counter() if waiting_for_rate else None)
+            if self._stop:
+                return None
+            frame, self._pending = self._pending, None
+        return frame
+
+    def _frames_to_prepare(self, pipelined: bool) -> Iterator[tuple[Image, float]]:
+        """Received frames, newest first-come, paced by `max_rate_hz`, until stopped."""
         next_time = 0.0
+        while (frame := self._next_frame(next_time, pipelined)) is not None:
+            rate = float(self.params["max_rate_hz"])
+            next_time = time.perf_counter() + (1.0 / rate if rate > 0 else 0.0)
+            yield frame
+
+    def _work(self) -> None:
+        """Not pipelined: both stages of each frame on this thread."""
+        for msg, received in self._frames_to_prepare(pipelined=False):
+            self._finish_safely(self._prepare(msg, received))
+
+    def _work_prepare(self) -> None:
+        """Pipeline stage 1: prepare the newest frame while stage 2 finishes the previous one."""
+        for msg, received in self._frames_to_prepare(pipelined=True):
+            frame = self._prepare(msg, received)
+            with self._lock:
+                self._prepared = frame  # empty: _next_frame waited for stage 2 to take the last
+                self._lock.notify_all()
+
+    def _work_match(self) -> None:
+        """Pipeline stage 2: the prepared frames, one at a time, in the order they came."""
         while True:
             with self._lock:
-                while not self._stop and (self._pending is None or time.perf_counter() < next_time):
-                    timeout = None if self._pending is None else next_time - time.perf_counter()
-                    self._lock.wait(timeout)
+                while not self._stop and self._prepared is None:
+                    self._lock.wait()
                 if self._stop:
                     return
-                msg, received = self._pending
-                self._pending = None
-                rate = float(self.params["max_rate_hz"])
-            start = time.perf_counter()
-            next_time = start + (1.0 / rate if rate > 0 else 0.0)
-            try:
-                self._process(msg, received, start)
-            except Exception as err:  # never let one frame kill the worker
-                self._report_failure(msg, f"internal error: {type(err).__name__}: {err}", {}, 0.0)
+                frame, self._prepared = self._prepared, None
+                self._lock.notify_all()  # stage 1 may take the next frame
+            self._finish_safely(frame)
+
+    def _prepare(self, msg: Image, received: float) -> _Frame:
+        """Stage 1: decode, intrinsics, local features and global descriptor; a failure is
+        kept in the frame, reported by stage 2 in its turn."""
+        frame = _Frame(msg, received, time.perf_counter(), self._localizer)
+        try:
+            image = compressed_to_numpy(msg) if self._compressed else image_to_numpy(msg)
+            frame.query = frame.localizer.prepare(image, self._camera_for(image))
+        except ValueError as err:
+            frame.error = f"bad input: {err}"
+        except Exception as err:  # never let one frame kill the worker
+            frame.error = f"internal error: {type(err).__name__}: {err}"
+        return frame
+
+    def _finish_safely(self, frame: _Frame) -> None:
+        try:
+            self._finish(frame)
+        except Exception as err:  # never let one frame kill the worker
+            self._report_failure(frame.msg, f"internal error: {type(err).__name__}: {err}", {}, 0.0)
 
     def _camera_for(self, image: np.ndarray) -> Camera:
         h, w = image.shape[:2]
@@ -433,13 +533,12 @@ class _LocalizerCore:
                 continue
         raise ValueError(f"no CameraInfo received and no map camera matches the {w}x{h} image")
 
-    def _process(self, msg: Image, received: float, start: float) -> None:
-        queue_ms = (start - received) * 1e3
-        try:
-            image = compressed_to_numpy(msg) if self._compressed else image_to_numpy(msg)
-            camera = self._camera_for(image)
-        except ValueError as err:
-            self._report_failure(msg, f"bad input: {err}", {}, queue_ms)
+    def _finish(self, frame: _Frame) -> None:
+        """Stage 2: the prior from TF/odometry, matching and PnP, the tracker, publishing."""
+        msg, received = frame.msg, frame.received
+        queue_ms = (frame.start - received) * 1e3
+        if frame.error:
+            self._report_failure(msg, frame.error, {}, queue_ms)
             return
         stamp_ns = stamp_to_ns(msg.header.stamp)
         self._frames.wait_for(msg.header.frame_id, stamp_ns)
@@ -449,11 +548,8 @@ class _LocalizerCore:
         odom_from_base = self._frames.odom_from_base(stamp_ns) if extrinsic_known else None
         prior = self._tracker.prior(stamp_ns, odom_from_base, base_from_cam)
         prior_age = self._tracker.prior_age_s(stamp_ns) if prior else float("nan")
-        try:
-            result = self._localizer.localize(image, camera, prior=prior and PosePrior(*prior))
-        except ValueError as err:
-            self._report_failure(msg, f"bad input: {err}", {}, queue_ms)
-            return
+        # the localizer that prepared the frame: a map loaded meanwhile cannot mix into it
+        result = frame.localizer.localize_prepared(frame.query, prior=prior and PosePrior(*prior))
         decision = self._tracker.update(stamp_ns, result, odom_from_base, base_from_cam)
         extra = {"decision": decision, "prior_age_s": prior_age}
         if not decision.publish:
@@ -648,8 +744,9 @@ class _LocalizerCore:
         with self._lock:
             self._stop = True
             self._lock.notify_all()
-        if self._worker is not None and self._worker.is_alive():
-            self._worker.join(timeout=30.0)
+        for worker in self._workers:
+            if worker.is_alive():
+                worker.join(timeout=30.0)
 
 
 class LocalizerNode(_LocalizerCore, Node):

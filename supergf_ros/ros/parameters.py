@@ -58,6 +58,24 @@ _NODE_ONLY: dict[str, NodeParam] = {
         0.0, "Keyframe frustum depth in map units; 0: automatic.", bounds=(0.0, 1000.0)
     ),
     "warmup": NodeParam(True, "Run one dummy frame at start-up so the first real one is fast."),
+    "pipeline": NodeParam(
+        False,
+        "Two worker threads: local features and global descriptor of frame t+1 overlap "
+        "matching and PnP of frame t (results stay in arrival order); false: one thread. Pays "
+        "where a core is free beside the networks' threads (`benchmark --realtime` measures it).",
+    ),
+    "inference_threads": NodeParam(
+        0,
+        "ONNX Runtime intra-op threads of the networks; 0: $SUPERGF_ORT_THREADS, else ONNX "
+        "Runtime's default (one per physical core).",
+        bounds=(0, 256),
+    ),
+    "blas_threads": NodeParam(
+        1,
+        "numpy's BLAS threads (matching); 0: its default (one per core). 1: its spinning threads "
+        "do not slow the networks running beside matching in the pipeline.",
+        bounds=(0, 256),
+    ),
     "diagnostics_period_s": NodeParam(1.0, "Period of /diagnostics.", bounds=(0.05, 60.0)),
     # -- the robot (REP-105: map -> odom -> base_link -> camera) --
     "base_frame": NodeParam("base_link", "The robot's base frame."),
