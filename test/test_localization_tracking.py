@@ -79,3 +79,30 @@ def test_global_fix_covariance_is_calibrated_and_in_the_map_frame(fountain):
     assert np.all(np.linalg.eigvalsh(cov) > 0)
     floor = np.radians(loc.conf["fix_sigma_floor_deg"]) ** 2
     assert np.all(np.diag(cov)[3:] >= floor)
+
+
+def test_refined_fix_and_a_map_without_point_uncertainty(fountain, tmp_path: Path):
+    """A map with point covariances refines the fix on its nearest keyframes; an older map
+    without them keeps the PnP pose and its covariance scale (as before they existed)."""
+    from supergf_ros.mapping import read_map, write_map
+
+    loc, ds = fountain
+    image, camera, gt = _query(ds, "0003.jpg")
+    refined = loc.localize(image, camera)
+    assert refined.success and refined.refined_keyframes
+    assert set(refined.refined_keyframes) <= set(refined.retrieved)
+    assert pose_error(refined.cam_from_world, gt)[0] < 0.05
+    old = read_map(loc.map.path) if hasattr(loc.map, "path") else loc.map
+    old.point_tri_angles = old.point_covariances = None
+    write_map(tmp_path / "old.h5", old)
+    plain = Localizer.from_map(tmp_path / "old.h5", loc.conf)
+    result = plain.localize(image, camera)
+    assert result.success and result.refined_keyframes == []
+    assert pose_error(result.cam_from_world, gt)[0] < 0.05
+    floor = np.diag([0.0] * 3 + [np.radians(loc.conf["fix_sigma_floor_deg"]) ** 2] * 3)
+    from supergf_ros.geometry import world_from_cam_covariance
+
+    expected = loc.conf["fix_sigma_scale"] ** 2 * world_from_cam_covariance(
+        result.cam_from_world, result.covariance
+    )
+    np.testing.assert_allclose(result.map_covariance, expected + floor, rtol=1e-9, atol=1e-15)
