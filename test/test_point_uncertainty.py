@@ -62,7 +62,8 @@ def test_point_fields_round_trip_and_old_maps_load(tmp_path: Path):
         write_map(tmp_path / f"old{version}.h5", data, format_version=version)
         old[version] = read_map(tmp_path / f"old{version}.h5")
         assert old[version].point_tri_angles is None and old[version].point_covariances is None
-    assert open_map(tmp_path / "old3.h5").point_covariances is None
+    lazy_old = open_map(tmp_path / "old3.h5")
+    assert lazy_old.point_covariances is None and lazy_old.point_tri_angles is None
     rng = np.random.default_rng(1)
     data.point_tri_angles = rng.uniform(0, 30, 7).astype(np.float32)
     data.point_covariances = rng.uniform(0, 1, (7, 6)).astype(np.float32)
@@ -78,6 +79,9 @@ def test_point_fields_round_trip_and_old_maps_load(tmp_path: Path):
     np.testing.assert_array_equal(back3.point_tri_angles, data.point_tri_angles[order])
     lazy = open_map(tmp_path / "v3.h5")
     np.testing.assert_array_equal(lazy.point_covariances[[4, 1]], back3.point_covariances[[4, 1]])
+    np.testing.assert_array_equal(
+        lazy.point_tri_angles[[2, 0]][:, 0], back3.point_tri_angles[[2, 0]]
+    )
     data.point_covariances = data.point_covariances[:3]
     with pytest.raises(ValueError, match="points3D/covariance must be finite with shape"):
         write_map(tmp_path / "bad.h5", data)

@@ -70,6 +70,16 @@ OPTIONS: dict[str, Option] = {
         True,
         (0, 100),
     ),
+    # KITTI 01 maps: median point angle 3 deg (refining helps); Strecha: 36-42 deg (PnP's pose
+    # is 1-2 mm better)
+    "refine_max_tri_angle_deg": Option(
+        10.0,
+        float,
+        "Refine only where the median triangulation angle of the nearest keyframes' matched "
+        "points is below this (deg): well-triangulated points keep PnP's pose.",
+        True,
+        (0.0, 180.0),
+    ),
     "keypoint_sigma_px": Option(
         1.5,
         float,

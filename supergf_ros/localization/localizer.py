@@ -114,6 +114,7 @@ class Localizer:
         self.index = self._build_index()
         self.spatial_index = KeyframeSpatialIndex(map_data.cam_from_world)
         self._point_covariances = getattr(map_data, "point_covariances", None)
+        self._point_tri_angles = getattr(map_data, "point_tri_angles", None)
         self._map_pixels = max(c.width * c.height for c in map_data.cameras)
         self._prepare_keyframes()
         self._matcher = self._build_matcher()
@@ -582,8 +583,9 @@ class Localizer:
         result: LocalizationResult,
     ) -> None:
         """Refine a PnP fix on the matches of the `refine_keyframes` retrieved keyframes nearest
-        it, weighted by map point uncertainty (`refinement.refine_pose`); a map without point
-        covariances, or a refinement that fails, keeps the PnP pose and covariance."""
+        it, weighted by map point uncertainty (`refinement.refine_pose`), where their points are
+        weakly triangulated (`refine_max_tri_angle_deg`); a map without point quality, or a
+        refinement that fails, keeps the PnP pose and covariance."""
         from ..mapping.point_quality import covariance_matrices
         from .refinement import nearest_keyframes, refine_pose
 
@@ -593,6 +595,11 @@ class Localizer:
         picked = nearest_keyframes(centers, result.cam_from_world.center, conf["refine_keyframes"])
         nearest = [per_kf[j] for j in picked]
         q_idx, p_idx = self.correspondences(nearest)
+        angles = None if self._point_tri_angles is None else self._point_tri_angles[p_idx]
+        if angles is None or not len(p_idx):
+            return
+        if np.median(angles) >= conf["refine_max_tri_angle_deg"]:  # well known: PnP's pose
+            return
         refined = refine_pose(
             result.cam_from_world,
             self._camera_pc(camera),

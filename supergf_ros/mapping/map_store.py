@@ -653,10 +653,13 @@ class LazyMap:
         if len(self._records) != k or len(self.global_index) != k:
             raise MapFormatError(f"map {self.path}: {k} keyframes but other keyframe counts")
         self.points3D = _Points(self._fd, regions["points3D/xyz"][0], num_points)
-        # what localization uses of the optional point quality (older maps: None)
-        cov = regions.get("points3D/covariance")
+        # the optional point quality (older maps: None), rows read like points3D
+        cov, angle = regions.get("points3D/covariance"), regions.get("points3D/tri_angle")
         self.point_covariances = (
             None if cov is None else _Points(self._fd, cov[0], num_points, 6, "<f4")
+        )
+        self.point_tri_angles = (
+            None if angle is None else _Points(self._fd, angle[0], num_points, 1, "<f4")
         )
         self.descriptors = ArraySpec((num_kp, dim), np.dtype(np.float16))
         self.global_descriptors = _GlobalRows(self.global_index, self.layout["full_global_dim"])
