@@ -99,3 +99,36 @@ def test_prepared_query_localizes_as_the_whole_step(fountain):
         assert t_err < 0.01 and r_err < 0.2
         t = staged.timings_ms
         assert t["total"] >= t["extract"] + t["global"] + t["matching"] > 0
+
+
+def test_refined_fix_and_a_map_without_point_uncertainty(fountain, tmp_path: Path):
+    """Strecha's points are well triangulated (median angle about 40 deg): the fix stays PnP's
+    unless refining is asked for at any angle; then it is refined on the nearest keyframes. An
+    older map without point quality keeps the PnP pose and its covariance scale."""
+    from supergf_ros.mapping import read_map, write_map
+
+    loc, ds = fountain
+    image, camera, gt = _query(ds, "0003.jpg")
+    assert loc.localize(image, camera).refined_keyframes == []
+    loc.update(refine_max_tri_angle_deg=180.0)
+    try:
+        refined = loc.localize(image, camera)
+    finally:
+        loc.update(refine_max_tri_angle_deg=loc.default_conf["refine_max_tri_angle_deg"])
+    assert refined.success and refined.refined_keyframes
+    assert set(refined.refined_keyframes) <= set(refined.retrieved)
+    assert pose_error(refined.cam_from_world, gt)[0] < 0.05
+    old = read_map(loc.map.path) if hasattr(loc.map, "path") else loc.map
+    old.point_tri_angles = old.point_covariances = None
+    write_map(tmp_path / "old.h5", old)
+    plain = Localizer.from_map(tmp_path / "old.h5", {**loc.conf, "refine_max_tri_angle_deg": 180.0})
+    result = plain.localize(image, camera)
+    assert result.success and result.refined_keyframes == []
+    assert pose_error(result.cam_from_world, gt)[0] < 0.05
+    floor = np.diag([0.0] * 3 + [np.radians(loc.conf["fix_sigma_floor_deg"]) ** 2] * 3)
+    from supergf_ros.geometry import world_from_cam_covariance
+
+    expected = loc.conf["fix_sigma_scale"] ** 2 * world_from_cam_covariance(
+        result.cam_from_world, result.covariance
+    )
+    np.testing.assert_allclose(result.map_covariance, expected + floor, rtol=1e-9, atol=1e-15)

@@ -126,8 +126,26 @@ def test_triangulated_map_from_known_poses(fountain_map, data_dir: Path):
     # each point is observed as many times as its track length says
     counts = np.bincount(data.point3D_ids[data.point3D_ids >= 0], minlength=len(data.points3D))
     np.testing.assert_array_equal(counts, data.track_lengths)
+    _check_point_quality(data)
     assert data.aggregator["name"] == "vlad" and "vlad_centroids" in data.aggregator_state
     assert data.extractor["weights_sha256"] and data.global_descriptors.shape[0] == 6
+
+
+def _check_point_quality(data) -> None:
+    """Stored triangulation angles are the rays' largest angle; wider angles, smaller sigma."""
+    from supergf_ros.mapping.point_quality import depth_sigma
+
+    assert data.point_tri_angles is not None and data.point_covariances is not None
+    centers = np.array([p.center for p in data.cam_from_world])
+    owner = np.repeat(np.arange(data.num_keyframes), np.diff(data.keypoint_offsets))
+    for pid in range(0, len(data.points3D), max(1, len(data.points3D) // 50)):
+        rays = data.points3D[pid] - centers[owner[data.point3D_ids == pid]]
+        rays /= np.linalg.norm(rays, axis=1, keepdims=True)
+        angle = np.degrees(np.arccos(np.clip((rays @ rays.T).min(), -1, 1)))
+        assert data.point_tri_angles[pid] == pytest.approx(angle, abs=1e-3)
+    sigma = depth_sigma(data.point_covariances)
+    wide = data.point_tri_angles > np.median(data.point_tri_angles)
+    assert np.median(sigma[wide]) < np.median(sigma[~wide])
 
 
 @pytest.mark.slow

@@ -75,3 +75,36 @@ def recall_at_n(
         hits = [bool(set(ranked[q, :n].tolist()) & set(positives[q])) for q in range(len(ranked))]
         out[int(n)] = float(np.mean(hits)) if hits else 0.0
     return out
+
+
+# chi-square 99% quantile with 6 degrees of freedom: the 99% ellipsoid of a 6-dof pose
+CHI2_6DOF_99 = 16.812
+
+
+def covariance_consistency(
+    fixes: Mapping[str, tuple[Pose, np.ndarray]], ground_truth: Mapping[str, Pose]
+) -> dict:
+    """How well published covariances cover the real error: NEES of each fix.
+
+    `fixes`: {name: (cam_from_world, 6x6 map-frame covariance, order x y z rot_x rot_y rot_z
+    as `LocalizationResult.map_covariance`)}. NEES = e^T C^-1 e with e the error of the camera
+    pose in the map ([position, rotation vector], `tracking.gate.pose_error_vector`); 6 is ideal.
+    Returns {"num_fixes", "nees_median", "nees_mean", "fraction_inside_99"} (None without fixes).
+    """
+    from ..tracking.gate import pose_error_vector
+
+    nees = []
+    for name, (cam_from_world, covariance) in fixes.items():
+        if name not in ground_truth:
+            raise ValueError(f"query '{name}' has no ground-truth pose")
+        err = pose_error_vector(ground_truth[name].inverse(), cam_from_world.inverse())
+        nees.append(float(err @ np.linalg.solve(np.asarray(covariance, np.float64), err)))
+    if not nees:
+        return {"num_fixes": 0, "nees_median": None, "nees_mean": None, "fraction_inside_99": None}
+    values = np.asarray(nees)
+    return {
+        "num_fixes": len(values),
+        "nees_median": float(np.median(values)),
+        "nees_mean": float(values.mean()),
+        "fraction_inside_99": float(np.mean(values <= CHI2_6DOF_99)),
+    }

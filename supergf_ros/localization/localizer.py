@@ -42,7 +42,9 @@ class LocalizationResult:
     axis-angle perturbation) then translation (3), in the `cam_from_world` parameterization;
     `map_covariance` the calibrated covariance of the camera in the map, order (x, y, z, rot_x,
     rot_y, rot_z) as ROS (`geometry.world_from_cam_covariance`). `mode` is "global" or
-    "tracking" (a pose prior chose the candidates); `gate` the prior check of a tracking fix.
+    "tracking" (a pose prior chose the candidates); `gate` the prior check of a tracking fix;
+    `refined_keyframes` the keyframes whose matches the uncertainty-weighted refinement used
+    (empty: the pose and covariance are PnP's).
     """
 
     success: bool
@@ -58,6 +60,7 @@ class LocalizationResult:
     mode: str = "global"
     map_covariance: np.ndarray | None = None
     gate: GateResult | None = None
+    refined_keyframes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serializable dict (pose as qvec w-first + tvec, cam_from_world)."""
@@ -81,6 +84,7 @@ class LocalizationResult:
             "mode": self.mode,
             "map_covariance": None if self.map_covariance is None else self.map_covariance.tolist(),
             "gate": None if self.gate is None else self.gate._asdict(),
+            "refined_keyframes": list(self.refined_keyframes),
         }
 
 
@@ -123,6 +127,8 @@ class Localizer:
         self.extractor = self._build_extractor(self.aggregator.needs_dense)
         self.index = self._build_index()
         self.spatial_index = KeyframeSpatialIndex(map_data.cam_from_world)
+        self._point_covariances = getattr(map_data, "point_covariances", None)
+        self._point_tri_angles = getattr(map_data, "point_tri_angles", None)
         self._map_pixels = max(c.width * c.height for c in map_data.cameras)
         self._prepare_keyframes()
         self._matcher = self._build_matcher()
@@ -473,6 +479,8 @@ class Localizer:
             q_idx, p_idx = self.correspondences(per_kf)
             result.num_correspondences = len(q_idx)
             self.estimate_pose(features, camera, q_idx, p_idx, conf, result)
+            if result.success:
+                self.refine(features, camera, per_kf, conf, result)
 
     def _calibrate_and_gate(
         self, result: LocalizationResult, prior: PosePrior | None, conf: dict[str, Any]
@@ -483,7 +491,8 @@ class Localizer:
         else:  # no estimate from the refinement: "unknown but large", never certain
             cov = np.diag([1e3] * 6)
         floor = [conf["fix_sigma_floor_m"]] * 3 + [np.radians(conf["fix_sigma_floor_deg"])] * 3
-        result.map_covariance = conf["fix_sigma_scale"] ** 2 * cov + np.diag(np.square(floor))
+        scale = conf["refined_fix_sigma_scale" if result.refined_keyframes else "fix_sigma_scale"]
+        result.map_covariance = scale**2 * cov + np.diag(np.square(floor))
         if prior is None:
             return
         result.gate = gate(
@@ -612,6 +621,47 @@ class Localizer:
         cov = ret.get("covariance")
         result.covariance = None if cov is None else np.asarray(cov, dtype=np.float64)
         result.success = True
+
+    def refine(
+        self,
+        features: LocalFeatures,
+        camera: Camera,
+        per_kf: list[tuple[int, np.ndarray]],
+        conf: dict[str, Any],
+        result: LocalizationResult,
+    ) -> None:
+        """Refine a PnP fix on the matches of the `refine_keyframes` retrieved keyframes nearest
+        it, weighted by map point uncertainty (`refinement.refine_pose`), where their points are
+        weakly triangulated (`refine_max_tri_angle_deg`); a map without point quality, or a
+        refinement that fails, keeps the PnP pose and covariance."""
+        from ..mapping.point_quality import covariance_matrices
+        from .refinement import nearest_keyframes, refine_pose
+
+        if conf["refine_keyframes"] == 0 or self._point_covariances is None:
+            return
+        centers = self.spatial_index.centers[[i for i, _ in per_kf]]
+        picked = nearest_keyframes(centers, result.cam_from_world.center, conf["refine_keyframes"])
+        nearest = [per_kf[j] for j in picked]
+        q_idx, p_idx = self.correspondences(nearest)
+        angles = None if self._point_tri_angles is None else self._point_tri_angles[p_idx]
+        if angles is None or not len(p_idx):
+            return
+        if np.median(angles) >= conf["refine_max_tri_angle_deg"]:  # well known: PnP's pose
+            return
+        refined = refine_pose(
+            result.cam_from_world,
+            self._camera_pc(camera),
+            features.keypoints[q_idx],
+            self.map.points3D[p_idx],
+            covariance_matrices(self._point_covariances[p_idx]),
+            conf["keypoint_sigma_px"],
+            conf["ransac_max_error_px"],
+            conf["min_inliers"],
+        )
+        if refined is None:
+            return
+        result.cam_from_world, result.covariance = refined.cam_from_world, refined.covariance
+        result.refined_keyframes = [self.map.keyframe_names[i] for i, _ in nearest]
 
     def _absolute_pose(
         self, points2D: np.ndarray, points3D: np.ndarray, camera: Camera, conf: dict[str, Any]

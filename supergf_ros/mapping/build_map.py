@@ -173,10 +173,16 @@ def reconstruct(dataset, names, feats, poses, pair_matches, conf: dict):
 
 
 def map_data(names, keep, cameras, poses, feats, tri, global_desc, extractor, aggregator):
-    """The MapData of the kept keyframes (build_conf and summary: `write_map_file`)."""
+    """The MapData of the kept keyframes (build_conf and summary: `write_map_file`), with each
+    point's triangulation angle and position covariance (`point_quality`)."""
     from .map_format import MapData, strip_runtime_options
+    from .point_quality import point_quality
 
     point3D_ids = tri["point3D_ids"]
+    angles, covariances = point_quality(
+        tri["points3D"], [point3D_ids[i] for i in keep], [cameras[i] for i in keep],
+        [poses[i] for i in keep],
+    )  # fmt: skip
     counts = [len(feats[i]) for i in keep]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return MapData(
@@ -191,6 +197,8 @@ def map_data(names, keep, cameras, poses, feats, tri, global_desc, extractor, ag
         points3D=tri["points3D"],
         track_lengths=tri["track_lengths"],
         point_errors=tri["errors"],
+        point_tri_angles=angles,
+        point_covariances=covariances,
         global_descriptors=global_desc[keep],
         extractor=strip_runtime_options(extractor.identity()),
         aggregator=strip_runtime_options(aggregator.identity()),
@@ -209,6 +217,7 @@ def write_map_file(out_path: Path, data, build_conf: dict, num_pairs: int) -> tu
         "num_points3D": num_points,
         "mean_track_length": float(data.track_lengths.mean()) if num_points else 0.0,
         "mean_reproj_error_px": float(data.point_errors.mean()) if num_points else 0.0,
+        **_quality_summary(data),
         "num_pairs": num_pairs,
         "mean_keypoints_per_keyframe": float(np.mean(np.diff(data.keypoint_offsets))),
         "global": build_conf["global"],
@@ -224,6 +233,18 @@ def write_map_file(out_path: Path, data, build_conf: dict, num_pairs: int) -> tu
         store=store,
     )
     return summary, size
+
+
+def _quality_summary(data) -> dict[str, float]:
+    """Median triangulation angle and depth sigma (1 px) of the map's points, when stored."""
+    from .point_quality import depth_sigma
+
+    if data.point_covariances is None or not len(data.points3D):
+        return {}
+    return {
+        "median_tri_angle_deg": float(np.median(data.point_tri_angles)),
+        "median_depth_sigma_m": float(np.median(depth_sigma(data.point_covariances))),
+    }
 
 
 def build_map(

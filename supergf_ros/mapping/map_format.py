@@ -20,6 +20,9 @@ concatenated; keyframe ``i`` owns rows ``keypoint_offsets[i]:keypoint_offsets[i+
 /points3D/xyz               (P, 3) float64
 /points3D/track_length      (P,) int32
 /points3D/error             (P,) float32 mean reprojection error (px)
+/points3D/tri_angle         (P,) float32, optional: largest angle between two viewing rays (deg)
+/points3D/covariance        (P, 6) float32, optional: position covariance at 1 px keypoint noise
+                            (m^2, upper triangle xx xy xz yy yz zz; `point_quality`)
 /aggregator_state/<key>     arrays of the aggregator's state() (e.g. the VLAD codebook)
 ```
 
@@ -28,7 +31,8 @@ little-endian bytes; strings length-prefixed UTF-8) and of the identity attribut
 aggregator, build_conf, summary), verified on every load, so a flipped byte anywhere in the data
 is reported naming the dataset. CRC-32 catches storage and transfer corruption (all bursts up to
 32 bits), not deliberate tampering: whoever can write a map can also write its checksums.
-Version 1 maps (no checksums) still load, with the structural checks only.
+Version 1 maps (no checksums) still load, with the structural checks only. Maps written before
+the optional point datasets existed load with them None (the localizer then skips what uses them).
 
 `read_map` raises `MapFormatError` (a ValueError) for anything wrong with a file's content,
 and FileNotFoundError when it is missing; never another exception type.
@@ -89,6 +93,11 @@ _REQUIRED = (
     "points3D/track_length",
     "points3D/error",
 )
+# per-point datasets a map may lack (older maps): MapData field -> (dataset, per-point width)
+OPTIONAL_POINT_FIELDS = {
+    "point_tri_angles": ("points3D/tri_angle", 1),
+    "point_covariances": ("points3D/covariance", 6),
+}
 
 
 @dataclass
@@ -114,6 +123,8 @@ class MapData:
     extractor: dict[str, Any]
     aggregator: dict[str, Any]
     aggregator_state: dict[str, np.ndarray] = field(default_factory=dict)
+    point_tri_angles: np.ndarray | None = None  # (P,) float32 degrees, None: not stored
+    point_covariances: np.ndarray | None = None  # (P, 6) float32 m^2 at 1 px, None: not stored
     build_conf: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -205,6 +216,14 @@ class MapData:
             if shape != (p,):
                 raise err(
                     f"map: points3D/{label} must have shape ({p},) like points3D/xyz; found {shape}"
+                )
+        for name, (label, width) in OPTIONAL_POINT_FIELDS.items():
+            value = getattr(self, name)
+            want = (p,) if width == 1 else (p, width)
+            if value is not None and (value.shape != want or not np.isfinite(value).all()):
+                raise err(
+                    f"map: {label} must be finite with shape {want} like points3D/xyz; found "
+                    f"{value.shape}"
                 )
         return p
 
@@ -302,6 +321,9 @@ def write_map(
             pt.create_dataset("xyz", data=data.points3D.astype(np.float64).reshape(-1, 3))
             pt.create_dataset("track_length", data=data.track_lengths.astype(np.int32))
             pt.create_dataset("error", data=data.point_errors.astype(np.float32))
+            for name, (label, _) in OPTIONAL_POINT_FIELDS.items():
+                if getattr(data, name) is not None:
+                    f.create_dataset(label, data=getattr(data, name).astype(np.float32))
             st = f.create_group("aggregator_state")
             for key, value in data.aggregator_state.items():
                 st.create_dataset(key, data=np.asarray(value))
@@ -550,7 +572,7 @@ def _read_open_map(f, path: Path, file_size: int, sealed: bool = False) -> MapDa
         keyframe_names=names,
         cameras=cams,
         cam_from_world=poses,
-        **_read_arrays(read, path),
+        **_read_arrays(read, path, f),
         extractor=attrs["extractor"],
         aggregator=attrs["aggregator"],
         aggregator_state=state,
@@ -604,7 +626,7 @@ def _read_aggregator_state(f, path: Path, sums: dict | None, read) -> dict[str, 
     return {k: read(f"aggregator_state/{k}") for k in keys}
 
 
-def _read_arrays(read, path: Path) -> dict[str, np.ndarray]:
+def _read_arrays(read, path: Path, f) -> dict[str, np.ndarray | None]:
     """MapData's numeric arrays, keyed by field name, read in the file's order."""
     fl, it = "f", "iu"
     return {
@@ -623,6 +645,10 @@ def _read_arrays(read, path: Path) -> dict[str, np.ndarray]:
         "global_descriptors": _numeric(
             read("keyframes/global_descriptors"), "global_descriptors", path, fl, np.float32
         ),
+        **{
+            name: _numeric(read(label), label, path, fl, np.float32) if label in f else None
+            for name, (label, _) in OPTIONAL_POINT_FIELDS.items()
+        },
     }
 
 

@@ -19,6 +19,7 @@ keyframes) and the FAISS index over them is stored, loaded at open, not rebuilt.
 /keyframes/record_offsets (K+1,) int64, record_crc32 (K,) uint32, num_keypoints (K,) int64
 /features/records                    (R,) uint8, keyframe i at record_offsets[i:i+2]
 /points3D/xyz (P, 3) float64, track_length (P,) int32, error (P,) float32
+/points3D/tri_angle (P,) float32, covariance (P, 6) float32     optional, as version 2
 /points3D/descriptor_blocks (B,) uint8, block_offsets (nb+1,) int64, block_crc32 (nb,) uint32
 /retrieval/projection (G, d) float32 (absent when d = G), /retrieval/index (S,) uint8 (FAISS)
 /aggregator_state/<key>
@@ -289,6 +290,7 @@ class MapWriter:
         self._xyz: list[np.ndarray] = []
         self._track: list[np.ndarray] = []
         self._err: list[np.ndarray] = []
+        self._quality: dict[str, list[np.ndarray]] = {"tri_angle": [], "covariance": []}
         self.global_dim: int | None = None
 
     def add_keyframe(self, name, camera: Camera, cam_from_world: Pose, keypoints, point3D_ids,
@@ -313,9 +315,16 @@ class MapWriter:
     def encode_record(self, keypoints, point3D_ids, scores) -> bytes:
         return _encode_record(keypoints, point3D_ids, scores, self.store["compression_level"])
 
-    def add_points(self, xyz, descriptors, track_lengths, errors) -> None:
-        """Points in id order (any number per call); `descriptors` (n, D) L2-normalized."""
+    def add_points(self, xyz, descriptors, track_lengths, errors, tri_angles=None,
+                   covariances=None) -> None:  # fmt: skip
+        """Points in id order (any number per call); `descriptors` (n, D) L2-normalized;
+        `tri_angles` (n,) and `covariances` (n, 6) (`point_quality`): in every call or none."""
         desc = np.asarray(descriptors, np.float16).reshape(-1, self.dim)
+        for key, value, width in (("tri_angle", tri_angles, 1), ("covariance", covariances, 6)):
+            if (value is None) != (not self._quality[key]) and self._xyz:
+                raise ValueError(f"add_points: {key} given in some calls only")
+            if value is not None:
+                self._quality[key].append(np.asarray(value, np.float32).reshape(-1, width))
         self._xyz.append(np.asarray(xyz, np.float64).reshape(-1, 3))
         self._track.append(np.asarray(track_lengths, np.int32).reshape(-1))
         self._err.append(np.asarray(errors, np.float32).reshape(-1))
@@ -393,6 +402,10 @@ class MapWriter:
             pt.create_dataset("xyz", data=_cat(self._xyz, (0, 3), np.float64))
             pt.create_dataset("track_length", data=_cat(self._track, (0,), np.int32))
             pt.create_dataset("error", data=_cat(self._err, (0,), np.float32))
+            for key, parts in self._quality.items():
+                if parts:
+                    value = _cat(parts, (0, 1), np.float32)
+                    pt.create_dataset(key, data=value.reshape(-1) if key == "tri_angle" else value)
             pt.create_dataset("block_offsets", data=np.array(self.blk_offsets, np.int64))
             pt.create_dataset("block_crc32", data=np.array(self.blk_crcs, np.uint32))
             _copy_blob(f, "points3D/descriptor_blocks", self._tmp / "blocks")
@@ -472,9 +485,11 @@ def write_v3(path: str | Path, data, store: dict | None = None) -> int:
             new_id[pids[sel]], data.scores[sel], data.global_descriptors[i],
         )  # fmt: skip
     rep = _mean_descriptors(data.descriptors[obs], pids[obs], p)[order]
+    angles, covs = data.point_tri_angles, data.point_covariances
     writer.add_points(
-        data.points3D[order], rep, data.track_lengths[order], data.point_errors[order]
-    )
+        data.points3D[order], rep, data.track_lengths[order], data.point_errors[order],
+        None if angles is None else angles[order], None if covs is None else covs[order],
+    )  # fmt: skip
     return writer.close()
 
 
@@ -533,11 +548,13 @@ class _Blobs:
 
 
 class _Points:
-    """`points3D[ids]` (n, 3) float64 read from the file (checked at open), not held."""
+    """`points3D[ids]` (n, 3) float64 read from the file (checked at open), not held; any
+    other per-point dataset of `width` values of `dtype` the same way."""
 
-    def __init__(self, fd: int, offset: int, count: int) -> None:
+    def __init__(self, fd: int, offset: int, count: int, width: int = 3, dtype="<f8") -> None:
         self.fd, self.offset, self.count = fd, offset, count
-        self.shape = (count, 3)
+        self.width, self.dtype = width, np.dtype(dtype)
+        self.shape = (count, width)
 
     def __len__(self) -> int:
         return self.count
@@ -547,14 +564,15 @@ class _Points:
         if len(ids) and (ids.min() < 0 or ids.max() >= self.count):
             raise IndexError("3D point id out of range")
         uniq, inverse = np.unique(ids, return_inverse=True)
-        out = np.empty((len(uniq), 3), np.float64)
+        out = np.empty((len(uniq), self.width), self.dtype.newbyteorder("="))
+        row = self.width * self.dtype.itemsize
         runs = np.split(np.arange(len(uniq)), np.flatnonzero(np.diff(uniq) > 64) + 1)
         for run in runs:
             if not len(run):
                 continue
             lo, hi = int(uniq[run[0]]), int(uniq[run[-1]]) + 1
-            raw = _pread_all(self.fd, (hi - lo) * 24, self.offset + lo * 24)
-            out[run] = np.frombuffer(raw, "<f8").reshape(-1, 3)[uniq[run] - lo]
+            raw = _pread_all(self.fd, (hi - lo) * row, self.offset + lo * row)
+            out[run] = np.frombuffer(raw, self.dtype).reshape(-1, self.width)[uniq[run] - lo]
         return out[inverse]
 
 
@@ -635,6 +653,14 @@ class LazyMap:
         if len(self._records) != k or len(self.global_index) != k:
             raise MapFormatError(f"map {self.path}: {k} keyframes but other keyframe counts")
         self.points3D = _Points(self._fd, regions["points3D/xyz"][0], num_points)
+        # the optional point quality (older maps: None), rows read like points3D
+        cov, angle = regions.get("points3D/covariance"), regions.get("points3D/tri_angle")
+        self.point_covariances = (
+            None if cov is None else _Points(self._fd, cov[0], num_points, 6, "<f4")
+        )
+        self.point_tri_angles = (
+            None if angle is None else _Points(self._fd, angle[0], num_points, 1, "<f4")
+        )
         self.descriptors = ArraySpec((num_kp, dim), np.dtype(np.float16))
         self.global_descriptors = _GlobalRows(self.global_index, self.layout["full_global_dim"])
         self.block_rows = int(self.layout["block_rows"])
@@ -730,6 +756,8 @@ def read_v3(path: Path) -> dict[str, Any]:
 
         with h5py.File(path, "r") as f:
             pts = {k: f[f"points3D/{k}"][()] for k in ("xyz", "track_length", "error")}
+            for key in ("tri_angle", "covariance"):
+                pts[key] = f[f"points3D/{key}"][()] if f"points3D/{key}" in f else None
     finally:
         lazy.close()
     counts = [len(x.point3D_ids) for x in feats]
@@ -746,6 +774,8 @@ def read_v3(path: Path) -> dict[str, Any]:
         "points3D": np.ascontiguousarray(pts["xyz"], np.float64),
         "track_lengths": np.asarray(pts["track_length"], np.int32),
         "point_errors": np.asarray(pts["error"], np.float32),
+        "point_tri_angles": _optional(pts["tri_angle"]),
+        "point_covariances": _optional(pts["covariance"]),
         "global_descriptors": full,
         "extractor": lazy.extractor,
         "aggregator": lazy.aggregator,
@@ -754,6 +784,10 @@ def read_v3(path: Path) -> dict[str, Any]:
         "summary": lazy.summary,
         "format_version": FORMAT_VERSION_V3,
     }
+
+
+def _optional(value: np.ndarray | None) -> np.ndarray | None:
+    return None if value is None else np.ascontiguousarray(value, np.float32)
 
 
 def _eager_globals(lazy: LazyMap) -> np.ndarray:
