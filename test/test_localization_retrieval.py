@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from supergf_ros.localization import GlobalIndex
+from supergf_ros.localization.retrieval import one_faiss_thread
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -41,3 +42,22 @@ def test_search_clips_k_and_rejects_bad_input():
         GlobalIndex(db, kind="ivfpq")
     with pytest.raises(ValueError, match="non-empty"):
         GlobalIndex(np.zeros((0, 8), np.float32))
+
+
+def test_a_query_runs_faiss_on_one_thread_and_restores_the_thread_count():
+    """One query's search runs on one OpenMP thread of the caller (the same results as a
+    batch search on all threads), and the caller's FAISS thread count is left as it was."""
+    import faiss
+
+    rng = np.random.default_rng(3)
+    db = _unit(rng.standard_normal((5000, 32)))
+    queries = _unit(db[:20] + 0.1 * rng.standard_normal((20, 32)))
+    index = GlobalIndex(db, kind="flat")
+    before = faiss.omp_get_max_threads()
+    with one_faiss_thread():
+        assert faiss.omp_get_max_threads() == 1
+    assert faiss.omp_get_max_threads() == before
+    _, batch = index.index.search(queries, 5)
+    for q, expected in zip(queries, batch):
+        np.testing.assert_array_equal(index.search(q, 5)[0], expected)
+    assert faiss.omp_get_max_threads() == before
