@@ -61,3 +61,19 @@ def test_a_query_runs_faiss_on_one_thread_and_restores_the_thread_count():
     for q, expected in zip(queries, batch):
         np.testing.assert_array_equal(index.search(q, 5)[0], expected)
     assert faiss.omp_get_max_threads() == before
+
+
+def test_auto_falls_back_to_exact_search_where_hnsw_misses_the_target_recall(monkeypatch):
+    """Near-identical copies of a few places (as the scale benchmark's) defeat a small HNSW
+    search: `auto` then keeps exact search; an explicit `hnsw` keeps its measured recall."""
+    from supergf_ros.localization import retrieval as retrieval_module
+
+    monkeypatch.setattr(retrieval_module, "MAX_EF_SEARCH", 16)
+    rng = np.random.default_rng(4)
+    places = _unit(rng.standard_normal((4, 32)))
+    db = _unit(places[rng.integers(0, 4, 3000)] + 0.05 * rng.standard_normal((3000, 32)))
+    hnsw = GlobalIndex(db, kind="hnsw", params={"hnsw_m": 4})
+    assert hnsw.kind == "hnsw" and hnsw.recall_at_5 < 0.99
+    auto = GlobalIndex(db, kind="auto", auto_max_exact=100, params={"hnsw_m": 4})
+    assert auto.kind == "flat" and auto.recall_at_5 is None
+    assert auto.describe()["kind"] == "flat"
