@@ -102,15 +102,15 @@ class Camera:
 
 
 def qvec_to_rotmat(qvec: np.ndarray) -> np.ndarray:
-    """Rotation matrix from a w-first unit quaternion."""
-    w, x, y, z = np.asarray(qvec, dtype=np.float64) / np.linalg.norm(qvec)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
+    """Rotation matrix (3, 3) from a w-first unit quaternion (4,); (N, 3, 3) from (N, 4)."""
+    q = np.asarray(qvec, dtype=np.float64)
+    w, x, y, z = np.moveaxis(q / np.linalg.norm(q, axis=-1, keepdims=True), -1, 0)
+    rows = [
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ]
+    return np.array(rows) if q.ndim == 1 else np.moveaxis(np.array(rows), (0, 1), (-2, -1))
 
 
 def rotmat_to_qvec(R: np.ndarray) -> np.ndarray:

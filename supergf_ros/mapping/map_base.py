@@ -170,14 +170,17 @@ def _read_version(f, path: Path) -> int:
 
 
 def _read_cameras(read, path: Path) -> list[Camera]:
-    cams = []
+    """One Camera per keyframe; each distinct JSON text parsed once (keyframes share cameras)."""
+    cams, parsed = [], {}
     for i, text in enumerate(_strings(read("keyframes/cameras"), "keyframes/cameras", path)):
-        try:
-            cams.append(Camera.from_dict(json.loads(text)))
-        except (ValueError, KeyError, TypeError, RecursionError) as err:
-            raise MapFormatError(
-                f"map {path}: keyframes/cameras[{i}] is not a valid camera: {err}"
-            ) from None
+        if text not in parsed:
+            try:
+                parsed[text] = Camera.from_dict(json.loads(text))
+            except (ValueError, KeyError, TypeError, RecursionError) as err:
+                raise MapFormatError(
+                    f"map {path}: keyframes/cameras[{i}] is not a valid camera: {err}"
+                ) from None
+        cams.append(parsed[text])
     return cams
 
 
