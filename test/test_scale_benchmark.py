@@ -50,3 +50,26 @@ def test_map_scale_argument_is_checked():
         parse_scales("100;1000")
     with pytest.raises(ValueError, match=">= 1"):
         parse_scales("0,10")
+
+
+def test_queries_round_trip_without_pickles(tmp_path):
+    """The measuring subprocesses read the queries from an NPZ file loaded with
+    allow_pickle=False: features, camera and ground truth come back as written."""
+    from supergf_ros.evaluation.scale_benchmark import load_queries, save_queries
+    from supergf_ros.features.base import LocalFeatures
+    from supergf_ros.geometry import Camera, Pose
+
+    rng = np.random.default_rng(0)
+    feats = LocalFeatures(rng.random((5, 2), np.float32), rng.random(5, np.float32),
+                          rng.random((5, 8), np.float32), rng.random((8, 3, 4), np.float32),
+                          (64, 48), {"processed_size": (64, 48), "scale": 1.0})  # fmt: skip
+    cam = Camera.pinhole(50.0, 51.0, 32.0, 24.0, 64, 48)
+    gt = Pose(np.array([0.9, 0.1, 0.3, 0.3]), np.array([1.0, -2.0, 3.0]))
+    save_queries(tmp_path / "q.npz", [(feats, cam, gt), (LocalFeatures(feats.keypoints,
+                 feats.scores, feats.descriptors, None, (64, 48)), cam, gt)])  # fmt: skip
+    (f0, c0, g0), (f1, _, _) = load_queries(tmp_path / "q.npz")
+    np.testing.assert_array_equal(f0.descriptors, feats.descriptors)
+    np.testing.assert_array_equal(f0.dense, feats.dense)
+    assert f1.dense is None and f0.image_size == (64, 48) and c0 == cam
+    np.testing.assert_allclose(g0.tvec, gt.tvec)
+    np.testing.assert_allclose(g0.qvec, gt.qvec)

@@ -141,14 +141,45 @@ def _point_descriptors(base) -> np.ndarray:
     return out
 
 
+def save_queries(path: Path, queries: list) -> None:
+    """The (features, camera, cam_from_world) queries as arrays in an NPZ file (no pickles)."""
+    arrays: dict[str, np.ndarray] = {}
+    meta = []
+    for i, (f, cam, gt) in enumerate(queries):
+        arrays.update({f"kp{i}": f.keypoints, f"sc{i}": f.scores, f"de{i}": f.descriptors})
+        if f.dense is not None:
+            arrays[f"dn{i}"] = f.dense
+        extra = {k: v for k, v in f.extra.items() if isinstance(v, str | int | float | tuple)}
+        meta.append({"image_size": list(f.image_size), "extra": extra, "camera": [cam.model,
+                     cam.width, cam.height, list(cam.params)], "qvec": list(map(float, gt.qvec)),
+                     "tvec": list(map(float, gt.tvec))})  # fmt: skip
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+
+
+def load_queries(path: Path) -> list:
+    """The queries `save_queries` wrote."""
+    from ..features.base import LocalFeatures
+    from ..geometry import Camera, Pose
+
+    with np.load(path, allow_pickle=False) as z:
+        out = []
+        for i, m in enumerate(json.loads(str(z["meta"]))):
+            dense = z[f"dn{i}"] if f"dn{i}" in z.files else None
+            feats = LocalFeatures(z[f"kp{i}"], z[f"sc{i}"], z[f"de{i}"], dense,
+                                  tuple(m["image_size"]), m["extra"])  # fmt: skip
+            model, w, h, params = m["camera"]
+            gt = Pose(np.array(m["qvec"]), np.array(m["tvec"]))
+            out.append((feats, Camera(model, w, h, tuple(params)), gt))
+    return out
+
+
 def measure(map_path: Path, queries_path: Path, num_queries: int, cache_size: int) -> dict:
     """In this process: open `map_path`, localize `num_queries` queries; the measurements."""
-    import pickle
-
     from ..geometry import pose_error
     from ..localization import Localizer
 
-    queries = pickle.loads(queries_path.read_bytes())
+    queries = load_queries(queries_path)
     weights = os.environ.get("SUPERGF_SUPERPOINT_WEIGHTS")
     rss0 = _rss_mb()
     t = time.perf_counter()
@@ -180,15 +211,13 @@ def run_scale_benchmark(scales: list[int], data_dir: Path, weights: Path, num_qu
     each twice, in order and in reverse (a change of the machine's load over the run falls on
     every N alike); per N the two measurements merged (`merge_passes`) and the acceptance
     figures of the largest map against the smallest (`acceptance`)."""
-    import pickle
-
     out: dict[str, Any] = {"scene": SCENE, "distractor_scene": DISTRACTOR_SCENE,
                            "num_queries": num_queries, "map_scale": []}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="supergf-scale-") as tmp:
         tmp = Path(tmp)
         base, queries, pool = base_map(data_dir, weights, tmp / "base.h5")
-        qpath = tmp / "queries.pkl"
-        qpath.write_bytes(pickle.dumps(queries))
+        qpath = tmp / "queries.npz"
+        save_queries(qpath, queries)
         rows = {}
         for n in scales:
             t = time.perf_counter()
