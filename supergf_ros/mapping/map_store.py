@@ -478,6 +478,77 @@ def write_v3(path: str | Path, data, store: dict | None = None) -> int:
     return writer.close()
 
 
+def write_v3_streamed(writer: MapWriter, source, xyz, track_lengths, errors) -> int:
+    """Write a version-3 map whose keyframes stay on disk: the same file as `write_v3` of the
+    same `MapData`, holding O(observations) indices and a few keyframes at a time.
+
+    `source`: `num_keyframes`; `point3D_ids(i)` (N_i,) int64 (-1 = none);
+    `keyframe(i)` -> (name, camera, cam_from_world, keypoints (N_i, 2), scores (N_i,), global);
+    `descriptors(i, rows)` -> (len(rows), D) float32 of keyframe i's keypoints `rows`.
+    """
+    k, p = source.num_keyframes, len(xyz)
+    first = np.full(p, k, np.int64)
+    obs_rows, obs_pids = [], []
+    for i in range(k):
+        pids = np.asarray(source.point3D_ids(i), np.int64)
+        rows = np.flatnonzero(pids >= 0)
+        np.minimum.at(first, pids[rows], i)
+        obs_rows.append(rows)
+        obs_pids.append(pids[rows])
+    order = np.argsort(first, kind="stable")  # points numbered by their first keyframe
+    new_id = np.empty(p, np.int64)
+    new_id[order] = np.arange(p)
+    for i in range(k):
+        name, camera, pose, kp, scores, g = source.keyframe(i)
+        sel = obs_rows[i]
+        writer.add_keyframe(name, camera, pose, kp[sel], new_id[obs_pids[i]], scores[sel], g)
+    observations = _Observations(source, obs_rows, obs_pids, p, writer.dim)
+    for a in range(0, p, 16 * BLOCK_ROWS):
+        ids = order[a : a + 16 * BLOCK_ROWS]
+        writer.add_points(xyz[ids], observations.mean_descriptors(ids), track_lengths[ids],
+                          errors[ids])  # fmt: skip
+    return writer.close()
+
+
+class _Observations:
+    """Each point's observations (keyframe, keypoint row) in keyframe order, and their mean
+    descriptors computed as `_mean_descriptors` does (the same sums, in the same order)."""
+
+    def __init__(self, source, obs_rows: list, obs_pids: list, p: int, dim: int) -> None:
+        self.source, self.rows, self.dim = source, obs_rows, dim
+        pids = np.concatenate(obs_pids) if obs_pids else np.zeros(0, np.int64)
+        self.kf = np.repeat(np.arange(len(obs_rows)), [len(r) for r in obs_rows])
+        self.row = np.concatenate(obs_rows) if obs_rows else np.zeros(0, np.int64)
+        self.by_pid = np.argsort(pids, kind="stable")
+        self.counts = np.bincount(pids, minlength=p)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def _keyframe_descriptors(self, i: int) -> np.ndarray:
+        if i not in self._cache:
+            self._cache[i] = np.asarray(self.source.descriptors(i, self.rows[i]), np.float32)
+            while len(self._cache) > 64:
+                self._cache.popitem(last=False)
+        return self._cache[i]
+
+    def mean_descriptors(self, ids: np.ndarray) -> np.ndarray:
+        cnt, st = self.counts[ids], self.starts[ids]
+        seg = np.concatenate([[0], np.cumsum(cnt)[:-1]]).astype(np.int64)
+        idx = self.by_pid[np.repeat(st - seg, cnt) + np.arange(int(cnt.sum()))]
+        kfs, rows = self.kf[idx], self.row[idx]
+        desc = np.empty((len(idx), self.dim), np.float32)
+        for i in np.unique(kfs):
+            sel = np.flatnonzero(kfs == i)
+            pos = np.searchsorted(self.rows[i], rows[sel])
+            desc[sel] = self._keyframe_descriptors(int(i))[pos]
+        out = np.zeros((len(ids), self.dim), np.float32)
+        nz = np.flatnonzero(cnt > 0)
+        if len(nz):
+            sums = np.add.reduceat(desc, seg[nz], axis=0)
+            out[nz] = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+        return out
+
+
 def _mean_descriptors(desc: np.ndarray, pids: np.ndarray, p: int) -> np.ndarray:
     """(p, D) normalized mean descriptor of each point's observations (zeros if none)."""
     order = np.argsort(pids, kind="stable")

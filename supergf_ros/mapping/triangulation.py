@@ -26,6 +26,9 @@ default_triangulation_conf: dict[str, Any] = {
     "max_reproj_error_px": 4.0,  # filter points whose reprojection error exceeds this
     "ignore_two_view_tracks": False,  # keep points seen by two keyframes (small maps need them)
     "min_num_matches": 15,  # pairs with fewer verified matches are dropped
+    # bundle adjustment threads: 1 makes the points the same bits from the same matches (COLMAP
+    # runs problems over its multi-threading threshold on all cores, in a varying sum order)
+    "num_threads": 1,
 }
 
 
@@ -63,6 +66,12 @@ def epipolar_filter(
     num = np.sum(x1 * Ex0, axis=1) ** 2
     den = Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2
     return num / np.maximum(den, 1e-15) < threshold**2
+
+
+def _in_pair_order(pair_matches):
+    """((i, j), matches) sorted by pair: a dict's items sorted, or a streamed source's
+    `items()` (which yields them in pair order, e.g. `feature_store.MatchesFile`)."""
+    return sorted(pair_matches.items()) if isinstance(pair_matches, dict) else pair_matches.items()
 
 
 def _fill_database(db, rec, keypoints: Sequence[np.ndarray]) -> None:
@@ -131,7 +140,8 @@ def triangulate_known_poses(
 
     Args:
         cameras, cam_from_world, names, keypoints: per keyframe (keypoints (N_i, 2) float32).
-        pair_matches: {(i, j): (K, 2) int matches of keypoint indices}, i < j keyframe indices.
+        pair_matches: {(i, j): (K, 2) int matches of keypoint indices}, i < j keyframe indices,
+            or a source whose `items()` yields them in pair order (streamed from a file).
         conf: overrides of `default_triangulation_conf`.
     Returns: {"point3D_ids": list of (N_i,) int64 (-1 = none), "points3D": (P, 3) float64,
         "track_lengths": (P,) int32, "errors": (P,) float32 px, "num_verified_matches": int,
@@ -180,7 +190,7 @@ def _write_verified_matches(db, pair_matches, cams_pc, cam_from_world, keypoints
     ]
     num_verified = 0
     num_pairs = 0
-    for (i, j), m in sorted(pair_matches.items()):
+    for (i, j), m in _in_pair_order(pair_matches):
         m = np.asarray(m, dtype=np.int64).reshape(-1, 2)
         if len(m) == 0:
             continue
@@ -207,6 +217,7 @@ def _tri_options(conf: dict[str, Any]):
     import pycolmap
 
     opts = pycolmap.IncrementalPipelineOptions()
+    opts.num_threads = int(conf["num_threads"])
     opts.triangulation.min_angle = conf["min_tri_angle_deg"]
     opts.triangulation.ignore_two_view_tracks = conf["ignore_two_view_tracks"]
     opts.triangulation.complete_max_reproj_error = conf["max_reproj_error_px"]
@@ -278,7 +289,7 @@ def _write_estimated_geometries(db, pair_matches, cams_pc, keypoints, calibrated
     import pycolmap
 
     opts2v = pycolmap.TwoViewGeometryOptions()
-    for (i, j), m in sorted(pair_matches.items()):
+    for (i, j), m in _in_pair_order(pair_matches):
         m = np.asarray(m, dtype=np.uint32).reshape(-1, 2)
         if len(m) < 15:
             continue
