@@ -21,7 +21,8 @@ from supergf_ros.mapping.build_map import build_map, default_work_dir
 from supergf_ros.mapping.feature_store import FeatureFile, MatchesFile
 from supergf_ros.models.aggregators import create_aggregator
 
-SCENE = {"num_map": 10, "num_queries": 2, "width": 160, "height": 120, "room_size": (6, 4, 3)}
+SCENE = {"num_map": 16, "num_queries": 2, "width": 240, "height": 180, "room_size": (6, 4, 3),
+         "yaw_sweep_deg": 10}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +159,44 @@ def test_ray_build_equals_single_process(scene, reference, superpoint_weights, t
         ray.shutdown()
     assert summary["num_keyframes"] == SCENE["num_map"] and summary["executor"] == "ray"
     assert_same_map(reference, tmp_path / "ray.h5")
+
+
+def test_extend_map_adds_a_recording(scene, superpoint_weights, tmp_path):
+    from supergf_ros.datasets import Dataset
+    from supergf_ros.geometry import pose_error
+    from supergf_ros.io_utils import file_sha256
+    from supergf_ros.localization.localizer import Localizer
+    from supergf_ros.mapping import read_map
+    from supergf_ros.mapping.extend_map import extend_map
+
+    names = (scene / "mapping.txt").read_text().split()
+    first, second = names[::2], names[1::2]  # a second recording along the same path
+    base = tmp_path / "base.h5"
+    build_map(scene, base, image_names=first, extractor_conf={"weights": str(superpoint_weights)},
+              global_name="vlad", global_conf={"num_clusters": 16}, progress=False)  # fmt: skip
+    sha = file_sha256(base)
+    with pytest.raises(ValueError, match="already keyframes"):
+        extend_map(base, scene, tmp_path / "x.h5", image_names=first[:1],
+                   superpoint_weights=superpoint_weights, progress=False)  # fmt: skip
+    out = tmp_path / "extended.h5"
+    summary = extend_map(base, scene, out, image_names=second,
+                         superpoint_weights=superpoint_weights, progress=False)  # fmt: skip
+    assert file_sha256(base) == sha  # the old map is only read
+    old, new = read_map(base), read_map(out)
+    assert new.keyframe_names == first + second and summary["new_keyframes"] == len(second)
+    ds = Dataset(scene)
+    for name, pose in zip(new.keyframe_names, new.cam_from_world):
+        dt, dr = pose_error(pose, ds.cam_from_world(name))
+        assert dt < 1e-9 and dr < 1e-4
+    ids = new.point3D_ids
+    np.testing.assert_array_equal(np.bincount(ids[ids >= 0], minlength=len(new.points3D)),
+                                  new.track_lengths)  # fmt: skip
+    split = new.keypoint_offsets[len(first)]
+    seen_old, seen_new = set(ids[:split].tolist()), set(ids[split:][ids[split:] >= 0].tolist())
+    assert len(seen_old & seen_new) > 0.3 * len(old.points3D)  # old tracks continued
+    assert len(seen_new - seen_old) > 0 and len(new.points3D) > len(old.points3D)
+    # the extended map localizes its queries
+    loc = Localizer.from_map(out, {"superpoint_weights": str(superpoint_weights)})
+    for q in (scene / "queries.txt").read_text().split():
+        result = loc.localize(ds.read_image(q), ds.camera(q))
+        assert result.success and pose_error(result.cam_from_world, ds.cam_from_world(q))[0] < 0.3

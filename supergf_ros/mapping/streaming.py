@@ -117,13 +117,14 @@ class GlobalRows:
         self.f.close()
 
 
-def globals_step(job: BuildJob, ff: FeatureFile) -> GlobalRows:
+def globals_step(job: BuildJob, ff: FeatureFile, fit: bool = True) -> GlobalRows:
     """Write the global descriptors of every image to `globals.h5` (fitting the aggregator on
-    the feature file first where it needs a fit); open them for reading."""
+    the feature file first where it needs a fit, unless `fit` is False: its state is loaded);
+    open them for reading."""
     import h5py
 
     agg, names = job.aggregator, job.names
-    if agg.needs_fit:
+    if agg.needs_fit and fit:
         if agg.needs_dense:
             raise ValueError(
                 f"global descriptor '{agg.name}' with source='dense' needs every image's dense "

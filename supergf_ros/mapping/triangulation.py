@@ -135,6 +135,7 @@ def triangulate_known_poses(
     pair_matches: dict[tuple[int, int], np.ndarray],
     conf: dict[str, Any] | None = None,
     work_dir: Path | None = None,
+    existing_points: tuple[np.ndarray, Sequence[np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Triangulate 3D points from matches between keyframes with known poses (as hloc does).
 
@@ -143,6 +144,8 @@ def triangulate_known_poses(
         pair_matches: {(i, j): (K, 2) int matches of keypoint indices}, i < j keyframe indices,
             or a source whose `items()` yields them in pair order (streamed from a file).
         conf: overrides of `default_triangulation_conf`.
+        existing_points: (xyz (P, 3), per keyframe (N_i,) point ids, -1 = none) of points kept
+            (refined, extended by new observations) rather than triangulated again.
     Returns: {"point3D_ids": list of (N_i,) int64 (-1 = none), "points3D": (P, 3) float64,
         "track_lengths": (P,) int32, "errors": (P,) float32 px, "num_verified_matches": int,
         "num_pairs": int}.
@@ -155,6 +158,8 @@ def triangulate_known_poses(
         raise ValueError(f"unknown triangulation option(s): {sorted(unknown)}")
     cams_pc = [cam.to_pycolmap() for cam in cameras]
     rec = _reconstruction(cams_pc, names, keypoints, cam_from_world)
+    if existing_points is not None:
+        _add_points(rec, *existing_points)
     with tempfile.TemporaryDirectory(prefix="supergf_tri_", dir=work_dir) as tmp:
         tmp = Path(tmp)
         db = pycolmap.Database.open(str(tmp / "database.db"))
@@ -167,8 +172,9 @@ def triangulate_known_poses(
         out_dir.mkdir()
         with _quiet_pycolmap():
             rec = pycolmap.triangulate_points(
-                rec, str(tmp / "database.db"), str(tmp), str(out_dir), options=_tri_options(conf)
-            )
+                rec, str(tmp / "database.db"), str(tmp), str(out_dir),
+                clear_points=existing_points is None, options=_tri_options(conf),
+            )  # fmt: skip
     ids, xyz, stats = _point3D_ids(rec, [len(k) for k in keypoints])
     return {
         "point3D_ids": ids,
@@ -177,6 +183,20 @@ def triangulate_known_poses(
         "num_pairs": num_pairs,
         **stats,
     }
+
+
+def _add_points(rec, xyz: np.ndarray, point3D_ids: Sequence[np.ndarray]) -> None:
+    """Add points `xyz` to `rec` with their tracks: keypoint j of image i (id i + 1) observes
+    point point3D_ids[i][j]."""
+    import pycolmap
+
+    tracks = [pycolmap.Track() for _ in range(len(xyz))]
+    for i, pids in enumerate(point3D_ids):
+        for j in np.flatnonzero(np.asarray(pids) >= 0):
+            tracks[int(pids[j])].add_element(i + 1, int(j))
+    for p, track in zip(np.asarray(xyz, np.float64), tracks):
+        if track.length():
+            rec.add_point3D(p, track)
 
 
 def _write_verified_matches(db, pair_matches, cams_pc, cam_from_world, keypoints, conf):
