@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import cv2
@@ -146,6 +147,15 @@ def test_vlad_fit_streamed_equals_fit():
     b.fit_streamed([len(f) for f in feats], lambda i: read.append(i) or feats[i].descriptors)
     np.testing.assert_array_equal(a.centroids, b.centroids)
     assert read == sorted(set(read)) and 0 not in read  # each image once, in order
+
+
+def test_ray_address_without_ray_is_a_clear_error(monkeypatch):
+    from supergf_ros.mapping.distributed import create_executor
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: import fails
+    with pytest.raises(ValueError, match="needs Ray: install it"):
+        create_executor("auto")
+    assert create_executor(None).name == "local"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")

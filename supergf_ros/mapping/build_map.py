@@ -100,10 +100,15 @@ def merge_build_conf(conf: dict | None) -> dict:
 
 
 @contextmanager
-def _timed(timings: dict[str, float], key: str):
+def _timed(timings: dict[str, float], key: str, peaks: dict[str, float] | None = None):
+    """Time the step `key`; with `peaks`, also the process's peak RSS (MB) at its end."""
     t = time.perf_counter()
     yield
     timings[key] = time.perf_counter() - t
+    if peaks is not None:
+        import resource
+
+        peaks[key] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def map_summary(keep, tri, num_pairs: int, num_keypoints: list[int], build_conf: dict) -> dict:
@@ -177,7 +182,7 @@ def _networks(features, extractor_conf, global_name, global_conf, backend, devic
     """The build's extractor and aggregator (the backend chosen once) and the tasks' spec."""
     from ..features import create_extractor
     from ..models.aggregators import create_aggregator
-    from .distributed import network_key, register_networks
+    from .distributed import network_key
 
     extractor_conf, global_conf = dict(extractor_conf or {}), dict(global_conf or {})
     choice = apply_backend(features, global_name, extractor_conf, global_conf, backend, device)
@@ -188,10 +193,9 @@ def _networks(features, extractor_conf, global_name, global_conf, backend, devic
     extractor = create_extractor(features, **extractor_conf)
     aggregator = create_aggregator(global_name, **{"features": features, **global_conf})
     key = network_key(features, extractor_conf, global_name, global_conf)
-    register_networks(key, extractor, aggregator)
     spec = {"features": features, "extractor_conf": extractor_conf, "global_name": global_name,
             "global_conf": global_conf}  # fmt: skip
-    return {"extractor": extractor, "aggregator": aggregator, "spec": spec}
+    return {"extractor": extractor, "aggregator": aggregator, "spec": spec, "key": key}
 
 
 def default_work_dir(out_path: Path) -> Path:
@@ -226,10 +230,11 @@ def build_map(
     Ray; the map is the same. `on_image(index, name)`: called after each image is extracted.
     `backend` / `device` run SuperPoint and SuperGF (`apply_backend`); not part of the map's
     identity. Returns the summary stored in the map plus file_size_bytes, bytes_per_keyframe,
-    timings_s, work_dir and executor.
+    timings_s, peak_rss_mb (the process's peak
+    RSS at the end of each step), work_dir and executor.
     """
     from ..datasets import Dataset
-    from .distributed import create_executor
+    from .distributed import create_executor, networks_registered
     from .streaming import BuildJob
 
     conf = merge_build_conf(conf)
@@ -251,7 +256,8 @@ def build_map(
                    progress)  # fmt: skip
     source = "triangulation" if dataset.has_model else "incremental_sfm"
     build_conf = {**conf, "features": features, "global": global_name, "source": source}
-    summary, timings = _run_steps(job, out_path, build_conf, on_image)
+    with networks_registered(nets["key"], job.extractor, job.aggregator):
+        summary, timings = _run_steps(job, out_path, build_conf, on_image)
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     size = out_path.stat().st_size
@@ -259,7 +265,8 @@ def build_map(
     summary.update(
         file_size_bytes=int(size),
         bytes_per_keyframe=float(size / summary["num_keyframes"]),
-        timings_s={k: round(v, 3) for k, v in timings.items()},
+        timings_s={k: round(v, 3) for k, v in timings.items() if k != "peak_rss_mb"},
+        peak_rss_mb={k: round(v, 1) for k, v in timings["peak_rss_mb"].items()},
         work_dir=str(work) if keep_work else None,
         executor=executor.name,
     )
@@ -275,14 +282,15 @@ def _run_steps(job, out_path: Path, build_conf: dict, on_image) -> tuple[dict, d
     from .streaming import extract_step, globals_step, match_step, triangulate_step
 
     timings: dict[str, float] = {}
+    peaks: dict[str, float] = {}
     t0 = time.perf_counter()
-    with _timed(timings, "features"):
+    with _timed(timings, "features", peaks):
         extract_step(job, on_image)
     ff = FeatureFile(job.feature_path, job.identity, mode="r")
     try:
-        with _timed(timings, "global"):
+        with _timed(timings, "global", peaks):
             rows = globals_step(job, ff)
-        with _timed(timings, "matching"):
+        with _timed(timings, "matching", peaks):
             has_model = job.dataset.has_model
             poses = [job.dataset.cam_from_world(n) for n in job.names] if has_model else None
             pairs = select_pairs(
@@ -294,10 +302,10 @@ def _run_steps(job, out_path: Path, build_conf: dict, on_image) -> tuple[dict, d
             ff.close()  # the matching tasks open it themselves
             mf = match_step(job, shas, pairs, build_conf["ratio_threshold"])
             ff = FeatureFile(job.feature_path, job.identity, mode="r")
-        with _timed(timings, "triangulation"):
+        with _timed(timings, "triangulation", peaks):
             reconstruction = triangulate_step(job, ff, poses, mf, build_conf)
             mf.close()
-        with _timed(timings, "write"):
+        with _timed(timings, "write", peaks):
             keep, tri = reconstruction[0], reconstruction[3]
             counts = [ff.num_keypoints(job.names[i]) for i in keep]
             summary = map_summary(keep, tri, len(pairs), counts, build_conf)
@@ -306,7 +314,7 @@ def _run_steps(job, out_path: Path, build_conf: dict, on_image) -> tuple[dict, d
     finally:
         ff.close()
     timings["total"] = time.perf_counter() - t0
-    return summary, timings
+    return summary, {**timings, "peak_rss_mb": peaks}
 
 
 def format_summary(summary: dict, out_path: Path) -> str:

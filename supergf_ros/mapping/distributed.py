@@ -14,6 +14,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ class LocalExecutor:
 
     name = "local"
     num_workers = 1
+    shard_images = 1  # each image stored (and flushed) as soon as it is extracted
 
     def map(self, fn: Callable, tasks: Iterable[tuple]) -> Iterator[Any]:
         for task in tasks:
@@ -35,6 +37,7 @@ class RayExecutor:
     """Runs tasks as Ray remote functions; results in submission order."""
 
     name = "ray"
+    shard_images = 8  # images per extraction task: fewer round trips, the results in order
 
     def __init__(self, address: str, max_in_flight: int | None = None) -> None:
         try:
@@ -83,9 +86,15 @@ def network_key(features: str, extractor_conf: dict, global_name: str, global_co
     return json.dumps([features, extractor_conf, global_name, global_conf], default=str)
 
 
-def register_networks(key: str, extractor, aggregator) -> None:
-    """Hand this process's networks to the tasks (a local build does not load them twice)."""
+@contextmanager
+def networks_registered(key: str, extractor, aggregator) -> Iterator[None]:
+    """Hand this process's networks to the tasks while inside (a local build does not load
+    them twice); forgotten on exit, so a long-lived process does not keep every build's."""
     _NETWORKS[key] = (extractor, aggregator)
+    try:
+        yield
+    finally:
+        _NETWORKS.pop(key, None)
 
 
 def _networks(spec: dict) -> tuple:

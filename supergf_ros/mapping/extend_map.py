@@ -56,7 +56,7 @@ def _check_identity(nets: dict, old) -> None:
 
 def _job(old, dataset_dir, names, work: Path, weights: tuple, backend: str, device: str,
          progress: bool, ray_address):  # fmt: skip
-    """The BuildJob of the new images, with the map's networks."""
+    """The BuildJob of the new images, with the map's networks, and the networks' task key."""
     from ..datasets import Dataset
     from .build_map import _networks
     from .distributed import create_executor
@@ -80,8 +80,9 @@ def _job(old, dataset_dir, names, work: Path, weights: tuple, backend: str, devi
     _check_identity(nets, old)
     work.mkdir(parents=True, exist_ok=True)
     spec = {"dataset_dir": str(Path(dataset_dir).resolve()), **nets["spec"]}
-    return BuildJob(dataset, names, work, spec, nets["extractor"], nets["aggregator"],
-                    create_executor(ray_address), progress)  # fmt: skip
+    job = BuildJob(dataset, names, work, spec, nets["extractor"], nets["aggregator"],
+                   create_executor(ray_address), progress)  # fmt: skip
+    return job, nets["key"]
 
 
 class ExtendedKeyframes:
@@ -207,6 +208,7 @@ def extend_map(
     """Write `out_path`: the map at `map_path` plus the keyframes `image_names` of
     `dataset_dir` (at its poses) and their points (see the module doc); its summary."""
     from .build_map import default_work_dir, map_summary, merge_build_conf
+    from .distributed import networks_registered
     from .feature_store import FeatureFile
     from .map_format import read_map
     from .map_store import MapWriter, write_v3_streamed
@@ -222,9 +224,10 @@ def extend_map(
     conf = merge_build_conf({k: v for k, v in old.build_conf.items()
                              if k not in ("features", "global", "source")})  # fmt: skip
     work = Path(work_dir) if work_dir is not None else default_work_dir(out_path)
-    job = _job(old, dataset_dir, image_names, work, (superpoint_weights, supergf_weights),
-               backend, device, progress, ray_address)  # fmt: skip
-    extract_step(job)
+    job, key = _job(old, dataset_dir, image_names, work, (superpoint_weights, supergf_weights),
+                    backend, device, progress, ray_address)  # fmt: skip
+    with networks_registered(key, job.extractor, job.aggregator):
+        extract_step(job)
     ff = FeatureFile(job.feature_path, job.identity, mode="r")
     try:
         rows = globals_step(job, ff, fit=False)

@@ -349,20 +349,30 @@ class MapWriter:
         finally:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def _full_globals(self) -> np.ndarray:
-        k, g = len(self.names), int(self.global_dim)
-        return np.memmap(self._tmp / "globals", dtype="<f4", mode="r", shape=(k, g))
+    def _global_rows(self, rows) -> np.ndarray:
+        """(len(rows), G) float32 rows of the full global descriptors, read from the temporary
+        file (explicit reads, not a memory map: its pages would count as this process's)."""
+        g = int(self.global_dim)
+        rows = np.asarray(rows, np.int64)
+        out = np.empty((len(rows), g), np.float32)
+        runs = np.split(np.arange(len(rows)), np.flatnonzero(np.diff(rows) != 1) + 1)
+        with open(self._tmp / "globals", "rb") as fh:
+            for run in (r for r in runs if len(r)):
+                fh.seek(int(rows[run[0]]) * g * 4)
+                out[run] = np.fromfile(fh, "<f4", len(run) * g).reshape(len(run), g)
+        return out
 
     def _retrieval(self) -> tuple[np.ndarray, np.ndarray | None, GlobalIndex]:
         from ..localization.retrieval import GlobalIndex, fit_projection, project
 
-        full = self._full_globals()
+        k, chunk = len(self.names), 512
         rng = np.random.default_rng(0)
-        sample = np.sort(rng.choice(len(full), min(len(full), 4096), replace=False))
-        projection = fit_projection(np.asarray(full[sample], np.float32), self.store["global_dim"])
+        sample = np.sort(rng.choice(k, min(k, 4096), replace=False))
+        projection = fit_projection(self._global_rows(sample), self.store["global_dim"])
         reduced = np.concatenate(
-            [project(full[a : a + 4096], projection) for a in range(0, len(full), 4096)]
-        )
+            [project(self._global_rows(np.arange(a, min(k, a + chunk))), projection)
+             for a in range(0, k, chunk)]
+        )  # fmt: skip
         index = GlobalIndex(
             reduced, self.store["index"], params=self.store["index_params"], projection=projection
         )
@@ -381,10 +391,11 @@ class MapWriter:
             kf.create_dataset("cam_from_world", data=np.array(self.poses, np.float64))
             kf.create_dataset("global_descriptors", data=reduced.astype(np.float32))
             if self.store["keep_full_global"]:
-                full = self._full_globals()
-                ds = kf.create_dataset("full_global_descriptors", full.shape, np.float16)
-                for a in range(0, len(full), 4096):
-                    ds[a : a + 4096] = full[a : a + 4096].astype(np.float16)
+                k = len(self.names)
+                ds = kf.create_dataset("full_global_descriptors", (k, self.global_dim), np.float16)
+                for a in range(0, k, 512):
+                    rows = self._global_rows(np.arange(a, min(k, a + 512)))
+                    ds[a : a + 512] = rows.astype(np.float16)
             kf.create_dataset("record_offsets", data=np.array(self.rec_offsets, np.int64))
             kf.create_dataset("record_crc32", data=np.array(self.rec_crcs, np.uint32))
             kf.create_dataset("num_keypoints", data=np.array(self.num_kp, np.int64))

@@ -32,7 +32,6 @@ from .feature_store import FeatureFile, MatchesFile
 
 logger = logging.getLogger(__name__)
 
-EXTRACT_SHARD_IMAGES = 8
 MATCH_CHUNK_PAIRS = 256
 
 
@@ -82,9 +81,8 @@ def extract_step(job: BuildJob, on_image: Callable[[int, str], None] | None = No
         if len(todo) < len(job.names):
             logger.info("features: %d of %d images already extracted", len(job.names) - len(todo),
                         len(job.names))  # fmt: skip
-        shards = [
-            todo[a : a + EXTRACT_SHARD_IMAGES] for a in range(0, len(todo), EXTRACT_SHARD_IMAGES)
-        ]
+        step = job.executor.shard_images
+        shards = [todo[a : a + step] for a in range(0, len(todo), step)]
         with _bar(job.progress, total=len(job.names), initial=len(job.names) - len(todo),
                   desc="features", unit="img") as bar:  # fmt: skip
             for results in job.executor.map(extract_task, [(job.spec, s) for s in shards]):
