@@ -44,6 +44,11 @@ def _open_work_file(path: Path, mode: str, kind: str):
     try:
         f = h5py.File(path, mode)
     except OSError as err:
+        if "lock" in str(err).lower():
+            raise ValueError(
+                f"{path} is open in another process (another build in this work folder?): wait "
+                "for it or build in another --work-dir"
+            ) from None
         if mode == "r" or not path.exists():
             raise
         aside = path.with_name(path.name + ".unreadable")
