@@ -514,10 +514,18 @@ def write_v3_streamed(writer: MapWriter, source, xyz, track_lengths, errors) -> 
         sel = obs_rows[i]
         writer.add_keyframe(name, camera, pose, kp[sel], new_id[obs_pids[i]], scores[sel], g)
     observations = _Observations(source, obs_rows, obs_pids, p, writer.dim)
-    for a in range(0, p, 16 * BLOCK_ROWS):
-        ids = order[a : a + 16 * BLOCK_ROWS]
+    # points in chunks of at most 65,536 observations (their descriptors are gathered at once)
+    cum = np.cumsum(observations.counts[order])
+    a = 0
+    while a < p:
+        done = int(cum[a - 1]) if a else 0
+        b = min(
+            p, a + 16 * BLOCK_ROWS, max(a + 1, int(np.searchsorted(cum, done + (1 << 16), "right")))
+        )
+        ids = order[a:b]
         writer.add_points(xyz[ids], observations.mean_descriptors(ids), track_lengths[ids],
                           errors[ids])  # fmt: skip
+        a = b
     return writer.close()
 
 
