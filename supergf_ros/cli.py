@@ -14,6 +14,7 @@ import sys
 
 SUBCOMMANDS = [
     "supergf_ros.mapping.build_map",  # build-map
+    "supergf_ros.mapping.extend_map",  # extend-map
     "supergf_ros.localization.localize",  # localize
     "supergf_ros.evaluation.evaluate",  # evaluate
     "supergf_ros.evaluation.split_eval",  # split-eval

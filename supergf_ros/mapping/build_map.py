@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -98,153 +100,115 @@ def merge_build_conf(conf: dict | None) -> dict:
 
 
 @contextmanager
-def _timed(timings: dict[str, float], key: str):
+def _timed(timings: dict[str, float], key: str, peaks: dict[str, float] | None = None):
+    """Time the step `key`; with `peaks`, also the process's peak RSS (MB) at its end."""
     t = time.perf_counter()
     yield
     timings[key] = time.perf_counter() - t
+    if peaks is not None:
+        import resource
+
+        peaks[key] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def extract_features(dataset, names, extractor, aggregator, progress: bool) -> tuple[list, list]:
-    """(local features, global descriptors, [] when the aggregator must be fitted first)."""
-    feats, globals_ = [], []
-    for name in _progress(names, progress, desc="features", unit="img"):
-        f = extractor.extract(dataset.read_image(name))
-        if not aggregator.needs_fit:
-            globals_.append(np.asarray(aggregator(f), dtype=np.float32))
-            f.dense = None  # free memory; only sparse features go into the map
-        feats.append(f)
-    return feats, globals_
-
-
-def global_descriptors(aggregator, feats: list, globals_: list) -> np.ndarray:
-    """(N, E) global descriptors, fitting the aggregator on `feats` where it needs it."""
-    if aggregator.needs_fit:
-        aggregator.fit(feats)
-        globals_ = [np.asarray(g, dtype=np.float32) for g in aggregator.batch(feats)]
-        for f in feats:
-            f.dense = None
-    return np.stack(globals_).astype(np.float32)
-
-
-def match_pairs(poses, feats: list, global_desc: np.ndarray, conf: dict, progress: bool):
-    """(pairs, {pair: matches}): pose and retrieval neighbours, mutual-NN matched."""
-    from ..matching import match_mutual_nn
-    from .pairs import select_pairs
-
-    pairs = select_pairs(
-        poses,
-        global_desc,
-        num_pose_neighbors=conf["num_pose_neighbors"],
-        max_angle_deg=conf["max_pair_angle_deg"],
-        num_retrieval_neighbors=conf["num_retrieval_neighbors"],
-    )
-    pair_matches = {}
-    for i, j in _progress(pairs, progress, desc="matching", unit="pair"):
-        m, _ = match_mutual_nn(
-            feats[i].descriptors, feats[j].descriptors, ratio_threshold=conf["ratio_threshold"]
-        )
-        pair_matches[(i, j)] = m
-    return pairs, pair_matches
-
-
-def reconstruct(dataset, names, feats, poses, pair_matches, conf: dict):
-    """(kept image indices, cameras, cam_from_world, triangulation result): 3D points from the
-    dataset's poses, or incremental SfM where it has none (unregistered images left out)."""
-    from .triangulation import incremental_sfm, triangulate_known_poses
-
-    keypoints = [f.keypoints for f in feats]
-    if not dataset.has_model:
-        tri = incremental_sfm(None, names, [f.image_size for f in feats], keypoints, pair_matches)
-        keep = [i for i, p in enumerate(tri["cam_from_world"]) if p is not None]
-        if len(keep) < len(names):
-            logger.warning("SfM registered %d of %d images", len(keep), len(names))
-        return keep, tri["cameras"], tri["cam_from_world"], tri
-    cameras = []
-    for name, f in zip(names, feats):
-        cam = dataset.camera(name)
-        w, h = f.image_size
-        if (cam.width, cam.height) != (w, h):  # images stored at another resolution
-            cam = cam.scaled(w / cam.width, h / cam.height)
-        cameras.append(cam)
-    tri = triangulate_known_poses(
-        cameras, poses, names, keypoints, pair_matches, conf["triangulation"]
-    )
-    return list(range(len(names))), cameras, poses, tri
-
-
-def map_data(names, keep, cameras, poses, feats, tri, global_desc, extractor, aggregator):
-    """The MapData of the kept keyframes (build_conf and summary: `write_map_file`), with each
-    point's triangulation angle and position covariance (`point_quality`)."""
-    from .map_format import MapData, strip_runtime_options
-    from .point_quality import point_quality
-
-    point3D_ids = tri["point3D_ids"]
-    angles, covariances = point_quality(
-        tri["points3D"], [point3D_ids[i] for i in keep], [cameras[i] for i in keep],
-        [poses[i] for i in keep],
-    )  # fmt: skip
-    counts = [len(feats[i]) for i in keep]
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return MapData(
-        keyframe_names=[names[i] for i in keep],
-        cameras=[cameras[i] for i in keep],
-        cam_from_world=[poses[i] for i in keep],
-        keypoint_offsets=offsets,
-        keypoints=np.concatenate([feats[i].keypoints for i in keep]).astype(np.float32),
-        scores=np.concatenate([feats[i].scores for i in keep]).astype(np.float32),
-        descriptors=np.concatenate([feats[i].descriptors for i in keep]).astype(np.float32),
-        point3D_ids=np.concatenate([point3D_ids[i] for i in keep]),
-        points3D=tri["points3D"],
-        track_lengths=tri["track_lengths"],
-        point_errors=tri["errors"],
-        point_tri_angles=angles,
-        point_covariances=covariances,
-        global_descriptors=global_desc[keep],
-        extractor=strip_runtime_options(extractor.identity()),
-        aggregator=strip_runtime_options(aggregator.identity()),
-        aggregator_state={k: np.asarray(v) for k, v in aggregator.state().items()},
-    )
-
-
-def write_map_file(out_path: Path, data, build_conf: dict, num_pairs: int) -> tuple[dict, int]:
-    """Write `data` with its build options and summary; (summary, file size in bytes)."""
-    from .map_format import write_map
-
-    data.build_conf = build_conf
-    num_points = len(data.points3D)
-    summary = {
-        "num_keyframes": data.num_keyframes,
+def map_summary(keep, tri, num_pairs: int, num_keypoints: list[int], build_conf: dict) -> dict:
+    """The summary stored in the map (and returned, with sizes and timings, by `build_map`)."""
+    errors, tracks = tri["errors"], tri["track_lengths"]
+    num_points = len(tri["points3D"])
+    return {
+        "num_keyframes": len(keep),
         "num_points3D": num_points,
-        "mean_track_length": float(data.track_lengths.mean()) if num_points else 0.0,
-        "mean_reproj_error_px": float(data.point_errors.mean()) if num_points else 0.0,
-        **_quality_summary(data),
+        "mean_track_length": float(tracks.mean()) if num_points else 0.0,
+        "mean_reproj_error_px": float(errors.mean()) if num_points else 0.0,
         "num_pairs": num_pairs,
-        "mean_keypoints_per_keyframe": float(np.mean(np.diff(data.keypoint_offsets))),
+        "mean_keypoints_per_keyframe": float(np.mean(np.asarray(num_keypoints, np.int64))),
         "global": build_conf["global"],
         "features": build_conf["features"],
     }
-    data.summary = dict(summary)
-    store = {k: build_conf[k] for k in ("global_dim", "keep_full_global", "index", "index_params")}
-    size = write_map(
-        out_path,
-        data,
-        descriptor_dtype=build_conf["descriptor_dtype"],
-        format_version=build_conf["format_version"],
-        store=store,
-    )
-    return summary, size
 
 
-def _quality_summary(data) -> dict[str, float]:
-    """Median triangulation angle and depth sigma (1 px) of the map's points, when stored."""
-    from .point_quality import depth_sigma
+def write_step(out_path: Path, job, ff, rows, reconstruction, build_conf: dict, summary: dict):
+    """Write the map, with each point's triangulation angle and position covariance
+    (`point_quality`, their medians added to `summary`): version 3 keyframe by keyframe from the
+    work files; version 2 (every keypoint) through an in-memory `MapData`. The size in bytes."""
+    from .map_format import strip_runtime_options
+    from .map_store import MapWriter, write_v3_streamed
+    from .point_quality import keyframes_point_quality, quality_summary
+    from .streaming import StoredKeyframes
 
-    if data.point_covariances is None or not len(data.points3D):
-        return {}
-    return {
-        "median_tri_angle_deg": float(np.median(data.point_tri_angles)),
-        "median_depth_sigma_m": float(np.median(depth_sigma(data.point_covariances))),
+    keep, cameras, poses, tri = reconstruction
+    source = StoredKeyframes(job, ff, rows, keep, cameras, poses, tri["point3D_ids"])
+    quality = keyframes_point_quality(source, tri["points3D"])
+    summary.update(quality_summary(*quality))
+    identities = {
+        "extractor": strip_runtime_options(job.extractor.identity()),
+        "aggregator": strip_runtime_options(job.aggregator.identity()),
+        "aggregator_state": {k: np.asarray(v) for k, v in job.aggregator.state().items()},
+        "build_conf": build_conf,
+        "summary": summary,
     }
+    if build_conf["format_version"] != 3:
+        return _write_v2(out_path, source, tri, quality, identities, build_conf)
+    store = {k: build_conf[k] for k in ("global_dim", "keep_full_global", "index", "index_params")}
+    writer = MapWriter(
+        out_path, descriptor_dim=job.extractor.descriptor_dim, store=store, **identities
+    )
+    return write_v3_streamed(
+        writer, source, tri["points3D"], tri["track_lengths"], tri["errors"], quality
+    )
+
+
+def _write_v2(out_path: Path, source, tri, quality, identities: dict, build_conf: dict) -> int:
+    from .map_format import MapData, write_map
+
+    k = source.num_keyframes
+    frames = [source.keyframe(i) for i in range(k)]
+    counts = [len(f[3]) for f in frames]
+    data = MapData(
+        keyframe_names=[f[0] for f in frames],
+        cameras=[f[1] for f in frames],
+        cam_from_world=[f[2] for f in frames],
+        keypoint_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        keypoints=np.concatenate([f[3] for f in frames]).astype(np.float32),
+        scores=np.concatenate([f[4] for f in frames]).astype(np.float32),
+        descriptors=np.concatenate([source.descriptors(i, None) for i in range(k)]),
+        point3D_ids=np.concatenate([source.point3D_ids(i) for i in range(k)]),
+        points3D=tri["points3D"],
+        track_lengths=tri["track_lengths"],
+        point_errors=tri["errors"],
+        point_tri_angles=quality[0],
+        point_covariances=quality[1],
+        global_descriptors=np.stack([f[5] for f in frames]).astype(np.float32),
+        **identities,
+    )
+    return write_map(
+        out_path, data, descriptor_dtype=build_conf["descriptor_dtype"], format_version=2
+    )
+
+
+def _networks(features, extractor_conf, global_name, global_conf, backend, device) -> dict:
+    """The build's extractor and aggregator (the backend chosen once) and the tasks' spec."""
+    from ..features import create_extractor
+    from ..models.aggregators import create_aggregator
+    from .distributed import network_key
+
+    extractor_conf, global_conf = dict(extractor_conf or {}), dict(global_conf or {})
+    choice = apply_backend(features, global_name, extractor_conf, global_conf, backend, device)
+    if choice is not None:
+        logger.info(
+            "map builder inference: %s on %s (%s)", choice.backend, choice.device, choice.reason
+        )
+    extractor = create_extractor(features, **extractor_conf)
+    aggregator = create_aggregator(global_name, **{"features": features, **global_conf})
+    key = network_key(features, extractor_conf, global_name, global_conf)
+    spec = {"features": features, "extractor_conf": extractor_conf, "global_name": global_name,
+            "global_conf": global_conf}  # fmt: skip
+    return {"extractor": extractor, "aggregator": aggregator, "spec": spec, "key": key}
+
+
+def default_work_dir(out_path: Path) -> Path:
+    """Where a build keeps its work files unless told (removed once the map is written)."""
+    return out_path.with_name(f".{out_path.name}.build")
 
 
 def build_map(
@@ -260,62 +224,105 @@ def build_map(
     backend: str = "auto",
     device: str = "auto",
     progress: bool = True,
+    work_dir: str | Path | None = None,
+    ray_address: str | None = None,
+    on_image: Callable[[int, str], None] | None = None,
 ) -> dict:
     """Build a map file from `dataset_dir` (images/ + COLMAP model with poses, or images only).
 
     Features -> pairs -> mutual-NN matching -> triangulation from the known poses (or incremental
-    SfM without a model) -> map file. `backend` / `device` run SuperPoint and SuperGF (see
-    `apply_backend`); they are not part of the map's identity. Returns the summary of
-    `write_map_file` plus file_size_bytes, bytes_per_keyframe and timings_s.
+    SfM without a model) -> map file, streamed through work files in `work_dir` (default: a
+    hidden folder beside `out_path`, removed once the map is written; a given one is kept). A
+    build run again after an interruption skips the images already extracted (and the pairs
+    already matched). `ray_address` (auto, local, HOST:PORT) runs extraction and matching on
+    Ray; the map is the same. `on_image(index, name)`: called after each image is extracted.
+    `backend` / `device` run SuperPoint and SuperGF (`apply_backend`); not part of the map's
+    identity. Returns the summary stored in the map plus file_size_bytes, bytes_per_keyframe,
+    timings_s, peak_rss_mb (the process's peak
+    RSS at the end of each step), work_dir and executor.
     """
     from ..datasets import Dataset
-    from ..features import create_extractor
-    from ..models.aggregators import create_aggregator
+    from .distributed import create_executor, networks_registered
+    from .streaming import BuildJob
 
     conf = merge_build_conf(conf)
     out_path = Path(out_path)
     if out_path.suffix.lower() not in (".h5", ".hdf5"):
         raise ValueError(f"map path should end with .h5 or .hdf5, got {out_path}")
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-
     dataset = Dataset(dataset_dir)
     names = dataset.check_names(
         image_names if image_names is not None else dataset.names, need_pose=dataset.has_model
     )
     global_name = global_name or default_global_name(features)
-    extractor_conf, global_conf = dict(extractor_conf or {}), dict(global_conf or {})
-    choice = apply_backend(features, global_name, extractor_conf, global_conf, backend, device)
-    if choice is not None:
-        logger.info(
-            "map builder inference: %s on %s (%s)", choice.backend, choice.device, choice.reason
-        )
-    extractor = create_extractor(features, **extractor_conf)
-    aggregator = create_aggregator(global_name, **{"features": features, **global_conf})
-
-    with _timed(timings, "features"):
-        feats, globals_ = extract_features(dataset, names, extractor, aggregator, progress)
-    with _timed(timings, "global"):
-        global_desc = global_descriptors(aggregator, feats, globals_)
-    with _timed(timings, "matching"):
-        poses = [dataset.cam_from_world(n) for n in names] if dataset.has_model else None
-        pairs, pair_matches = match_pairs(poses, feats, global_desc, conf, progress)
-    with _timed(timings, "triangulation"):
-        keep, cameras, poses, tri = reconstruct(dataset, names, feats, poses, pair_matches, conf)
-    with _timed(timings, "write"):
-        data = map_data(names, keep, cameras, poses, feats, tri, global_desc, extractor, aggregator)
-        source = "triangulation" if dataset.has_model else "incremental_sfm"
-        build_conf = {**conf, "features": features, "global": global_name, "source": source}
-        summary, size = write_map_file(out_path, data, build_conf, len(pairs))
-    timings["total"] = time.perf_counter() - t0
+    nets = _networks(features, extractor_conf, global_name, global_conf, backend, device)
+    executor = create_executor(ray_address)
+    keep_work = work_dir is not None
+    work = Path(work_dir) if keep_work else default_work_dir(out_path)
+    work.mkdir(parents=True, exist_ok=True)
+    spec = {"dataset_dir": str(Path(dataset_dir).resolve()), **nets["spec"]}
+    job = BuildJob(dataset, names, work, spec, nets["extractor"], nets["aggregator"], executor,
+                   progress)  # fmt: skip
+    source = "triangulation" if dataset.has_model else "incremental_sfm"
+    build_conf = {**conf, "features": features, "global": global_name, "source": source}
+    with networks_registered(nets["key"], job.extractor, job.aggregator):
+        summary, timings = _run_steps(job, out_path, build_conf, on_image)
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    size = out_path.stat().st_size
+    summary = dict(summary)
     summary.update(
         file_size_bytes=int(size),
-        bytes_per_keyframe=float(size / data.num_keyframes),
-        timings_s={k: round(v, 3) for k, v in timings.items()},
+        bytes_per_keyframe=float(size / summary["num_keyframes"]),
+        timings_s={k: round(v, 3) for k, v in timings.items() if k != "peak_rss_mb"},
+        peak_rss_mb={k: round(v, 1) for k, v in timings["peak_rss_mb"].items()},
+        work_dir=str(work) if keep_work else None,
+        executor=executor.name,
     )
     if summary["num_points3D"] == 0:
         logger.warning("map %s has no 3D points: queries cannot be localized against it", out_path)
     return summary
+
+
+def _run_steps(job, out_path: Path, build_conf: dict, on_image) -> tuple[dict, dict]:
+    """The build's steps on `job` (see `streaming`); (summary, timings in s)."""
+    from .feature_store import FeatureFile
+    from .pairs import select_pairs
+    from .streaming import extract_step, globals_step, match_step, triangulate_step
+
+    timings: dict[str, float] = {}
+    peaks: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with _timed(timings, "features", peaks):
+        extract_step(job, on_image)
+    ff = FeatureFile(job.feature_path, job.identity, mode="r")
+    try:
+        with _timed(timings, "global", peaks):
+            rows = globals_step(job, ff)
+        with _timed(timings, "matching", peaks):
+            has_model = job.dataset.has_model
+            poses = [job.dataset.cam_from_world(n) for n in job.names] if has_model else None
+            pairs = select_pairs(
+                poses, None, build_conf["num_pose_neighbors"], build_conf["max_pair_angle_deg"],
+                build_conf["num_retrieval_neighbors"], read_rows=rows.read_rows,
+                num_images=len(job.names),
+            )  # fmt: skip
+            shas = [ff.image_sha256(n) for n in job.names]
+            ff.close()  # the matching tasks open it themselves
+            mf = match_step(job, shas, pairs, build_conf["ratio_threshold"])
+            ff = FeatureFile(job.feature_path, job.identity, mode="r")
+        with _timed(timings, "triangulation", peaks):
+            reconstruction = triangulate_step(job, ff, poses, mf, build_conf)
+            mf.close()
+        with _timed(timings, "write", peaks):
+            keep, tri = reconstruction[0], reconstruction[3]
+            counts = [ff.num_keypoints(job.names[i]) for i in keep]
+            summary = map_summary(keep, tri, len(pairs), counts, build_conf)
+            write_step(out_path, job, ff, rows, reconstruction, build_conf, summary)
+            rows.close()
+    finally:
+        ff.close()
+    timings["total"] = time.perf_counter() - t0
+    return summary, {**timings, "peak_rss_mb": peaks}
 
 
 def format_summary(summary: dict, out_path: Path) -> str:
@@ -359,10 +366,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-neighbors", type=int, help="pose-based pairs per keyframe (default 10)")
     p.add_argument("--ratio-threshold", type=float, help="Lowe ratio test for map matching")
     add_store_arguments(p)
+    add_streaming_arguments(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p
+
+
+def add_streaming_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the build keeps its work files, and where its tasks run."""
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        help="folder of the work files (features.h5, matches.h5, ...), kept for a restart to "
+        "resume (default: a hidden folder beside --out, removed once the map is written)",
+    )
+    p.add_argument(
+        "--ray-address",
+        help="run extraction and matching on Ray: auto (the running cluster), HOST:PORT, or "
+        "local (a new local instance); the map is the same as without (needs `pip install ray`)",
+    )
 
 
 def add_store_arguments(p: argparse.ArgumentParser) -> None:
@@ -457,6 +480,8 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         device=args.device,
         progress=not args.quiet,
+        work_dir=args.work_dir,
+        ray_address=args.ray_address,
     )
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary, args.out))
     return 0

@@ -358,20 +358,30 @@ class MapWriter:
         finally:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def _full_globals(self) -> np.ndarray:
-        k, g = len(self.names), int(self.global_dim)
-        return np.memmap(self._tmp / "globals", dtype="<f4", mode="r", shape=(k, g))
+    def _global_rows(self, rows) -> np.ndarray:
+        """(len(rows), G) float32 rows of the full global descriptors, read from the temporary
+        file (explicit reads, not a memory map: its pages would count as this process's)."""
+        g = int(self.global_dim)
+        rows = np.asarray(rows, np.int64)
+        out = np.empty((len(rows), g), np.float32)
+        runs = np.split(np.arange(len(rows)), np.flatnonzero(np.diff(rows) != 1) + 1)
+        with open(self._tmp / "globals", "rb") as fh:
+            for run in (r for r in runs if len(r)):
+                fh.seek(int(rows[run[0]]) * g * 4)
+                out[run] = np.fromfile(fh, "<f4", len(run) * g).reshape(len(run), g)
+        return out
 
     def _retrieval(self) -> tuple[np.ndarray, np.ndarray | None, GlobalIndex]:
         from ..localization.retrieval import GlobalIndex, fit_projection, project
 
-        full = self._full_globals()
+        k, chunk = len(self.names), 512
         rng = np.random.default_rng(0)
-        sample = np.sort(rng.choice(len(full), min(len(full), 4096), replace=False))
-        projection = fit_projection(np.asarray(full[sample], np.float32), self.store["global_dim"])
+        sample = np.sort(rng.choice(k, min(k, 4096), replace=False))
+        projection = fit_projection(self._global_rows(sample), self.store["global_dim"])
         reduced = np.concatenate(
-            [project(full[a : a + 4096], projection) for a in range(0, len(full), 4096)]
-        )
+            [project(self._global_rows(np.arange(a, min(k, a + chunk))), projection)
+             for a in range(0, k, chunk)]
+        )  # fmt: skip
         index = GlobalIndex(
             reduced, self.store["index"], params=self.store["index_params"], projection=projection
         )
@@ -390,10 +400,11 @@ class MapWriter:
             kf.create_dataset("cam_from_world", data=np.array(self.poses, np.float64))
             kf.create_dataset("global_descriptors", data=reduced.astype(np.float32))
             if self.store["keep_full_global"]:
-                full = self._full_globals()
-                ds = kf.create_dataset("full_global_descriptors", full.shape, np.float16)
-                for a in range(0, len(full), 4096):
-                    ds[a : a + 4096] = full[a : a + 4096].astype(np.float16)
+                k = len(self.names)
+                ds = kf.create_dataset("full_global_descriptors", (k, self.global_dim), np.float16)
+                for a in range(0, k, 512):
+                    rows = self._global_rows(np.arange(a, min(k, a + 512)))
+                    ds[a : a + 512] = rows.astype(np.float16)
             kf.create_dataset("record_offsets", data=np.array(self.rec_offsets, np.int64))
             kf.create_dataset("record_crc32", data=np.array(self.rec_crcs, np.uint32))
             kf.create_dataset("num_keypoints", data=np.array(self.num_kp, np.int64))
@@ -491,6 +502,87 @@ def write_v3(path: str | Path, data, store: dict | None = None) -> int:
         None if angles is None else angles[order], None if covs is None else covs[order],
     )  # fmt: skip
     return writer.close()
+
+
+def write_v3_streamed(writer: MapWriter, source, xyz, track_lengths, errors, quality=None) -> int:
+    """Write a version-3 map whose keyframes stay on disk: the same file as `write_v3` of the
+    same `MapData`, holding O(observations) indices and a few keyframes at a time.
+
+    `source`: `num_keyframes`; `point3D_ids(i)` (N_i,) int64 (-1 = none);
+    `keyframe(i)` -> (name, camera, cam_from_world, keypoints (N_i, 2), scores (N_i,), global);
+    `descriptors(i, rows)` -> (len(rows), D) float32 of keyframe i's keypoints `rows`.
+    `quality`: (tri_angles (P,), covariances (P, 6)) of `point_quality`, or None.
+    """
+    k, p = source.num_keyframes, len(xyz)
+    first = np.full(p, k, np.int64)
+    obs_rows, obs_pids = [], []
+    for i in range(k):
+        pids = np.asarray(source.point3D_ids(i), np.int64)
+        rows = np.flatnonzero(pids >= 0)
+        np.minimum.at(first, pids[rows], i)
+        obs_rows.append(rows)
+        obs_pids.append(pids[rows])
+    order = np.argsort(first, kind="stable")  # points numbered by their first keyframe
+    new_id = np.empty(p, np.int64)
+    new_id[order] = np.arange(p)
+    for i in range(k):
+        name, camera, pose, kp, scores, g = source.keyframe(i)
+        sel = obs_rows[i]
+        writer.add_keyframe(name, camera, pose, kp[sel], new_id[obs_pids[i]], scores[sel], g)
+    observations = _Observations(source, obs_rows, obs_pids, p, writer.dim)
+    # points in chunks of at most 65,536 observations (their descriptors are gathered at once)
+    cum = np.cumsum(observations.counts[order])
+    a = 0
+    while a < p:
+        done = int(cum[a - 1]) if a else 0
+        b = min(
+            p, a + 16 * BLOCK_ROWS, max(a + 1, int(np.searchsorted(cum, done + (1 << 16), "right")))
+        )
+        ids = order[a:b]
+        extra = (None, None) if quality is None else (quality[0][ids], quality[1][ids])
+        writer.add_points(xyz[ids], observations.mean_descriptors(ids), track_lengths[ids],
+                          errors[ids], *extra)  # fmt: skip
+        a = b
+    return writer.close()
+
+
+class _Observations:
+    """Each point's observations (keyframe, keypoint row) in keyframe order, and their mean
+    descriptors computed as `_mean_descriptors` does (the same sums, in the same order)."""
+
+    def __init__(self, source, obs_rows: list, obs_pids: list, p: int, dim: int) -> None:
+        self.source, self.rows, self.dim = source, obs_rows, dim
+        pids = np.concatenate(obs_pids) if obs_pids else np.zeros(0, np.int64)
+        self.kf = np.repeat(np.arange(len(obs_rows)), [len(r) for r in obs_rows])
+        self.row = np.concatenate(obs_rows) if obs_rows else np.zeros(0, np.int64)
+        self.by_pid = np.argsort(pids, kind="stable")
+        self.counts = np.bincount(pids, minlength=p)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def _keyframe_descriptors(self, i: int) -> np.ndarray:
+        if i not in self._cache:
+            self._cache[i] = np.asarray(self.source.descriptors(i, self.rows[i]), np.float32)
+            while len(self._cache) > 64:
+                self._cache.popitem(last=False)
+        return self._cache[i]
+
+    def mean_descriptors(self, ids: np.ndarray) -> np.ndarray:
+        cnt, st = self.counts[ids], self.starts[ids]
+        seg = np.concatenate([[0], np.cumsum(cnt)[:-1]]).astype(np.int64)
+        idx = self.by_pid[np.repeat(st - seg, cnt) + np.arange(int(cnt.sum()))]
+        kfs, rows = self.kf[idx], self.row[idx]
+        desc = np.empty((len(idx), self.dim), np.float32)
+        for i in np.unique(kfs):
+            sel = np.flatnonzero(kfs == i)
+            pos = np.searchsorted(self.rows[i], rows[sel])
+            desc[sel] = self._keyframe_descriptors(int(i))[pos]
+        out = np.zeros((len(ids), self.dim), np.float32)
+        nz = np.flatnonzero(cnt > 0)
+        if len(nz):
+            sums = np.add.reduceat(desc, seg[nz], axis=0)
+            out[nz] = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+        return out
 
 
 def _mean_descriptors(desc: np.ndarray, pids: np.ndarray, p: int) -> np.ndarray:

@@ -90,3 +90,19 @@ def covariance_matrices(upper: np.ndarray) -> np.ndarray:
 def depth_sigma(upper: np.ndarray) -> np.ndarray:
     """(n,) the largest standard deviation of each point (m at 1 px keypoint noise)."""
     return np.sqrt(np.maximum(np.linalg.eigvalsh(covariance_matrices(upper))[:, -1], 0.0))
+
+
+def keyframes_point_quality(source, points3D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`point_quality` of a map writer's keyframe source (`cameras`, `poses`, `point3D_ids(i)`)."""
+    observations = [source.point3D_ids(i) for i in range(source.num_keyframes)]
+    return point_quality(points3D, observations, source.cameras, source.poses)
+
+
+def quality_summary(tri_angles: np.ndarray, covariances: np.ndarray) -> dict[str, float]:
+    """Median triangulation angle and depth sigma (1 px) of a map's points (none: {})."""
+    if not len(tri_angles):
+        return {}
+    return {
+        "median_tri_angle_deg": float(np.median(tri_angles)),
+        "median_depth_sigma_m": float(np.median(depth_sigma(covariances))),
+    }

@@ -26,6 +26,9 @@ default_triangulation_conf: dict[str, Any] = {
     "max_reproj_error_px": 4.0,  # filter points whose reprojection error exceeds this
     "ignore_two_view_tracks": False,  # keep points seen by two keyframes (small maps need them)
     "min_num_matches": 15,  # pairs with fewer verified matches are dropped
+    # bundle adjustment threads: 1 makes the points the same bits from the same matches (COLMAP
+    # runs problems over its multi-threading threshold on all cores, in a varying sum order)
+    "num_threads": 1,
 }
 
 
@@ -63,6 +66,12 @@ def epipolar_filter(
     num = np.sum(x1 * Ex0, axis=1) ** 2
     den = Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2
     return num / np.maximum(den, 1e-15) < threshold**2
+
+
+def _in_pair_order(pair_matches):
+    """((i, j), matches) sorted by pair: a dict's items sorted, or a streamed source's
+    `items()` (which yields them in pair order, e.g. `feature_store.MatchesFile`)."""
+    return sorted(pair_matches.items()) if isinstance(pair_matches, dict) else pair_matches.items()
 
 
 def _fill_database(db, rec, keypoints: Sequence[np.ndarray]) -> None:
@@ -126,13 +135,17 @@ def triangulate_known_poses(
     pair_matches: dict[tuple[int, int], np.ndarray],
     conf: dict[str, Any] | None = None,
     work_dir: Path | None = None,
+    existing_points: tuple[np.ndarray, Sequence[np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Triangulate 3D points from matches between keyframes with known poses (as hloc does).
 
     Args:
         cameras, cam_from_world, names, keypoints: per keyframe (keypoints (N_i, 2) float32).
-        pair_matches: {(i, j): (K, 2) int matches of keypoint indices}, i < j keyframe indices.
+        pair_matches: {(i, j): (K, 2) int matches of keypoint indices}, i < j keyframe indices,
+            or a source whose `items()` yields them in pair order (streamed from a file).
         conf: overrides of `default_triangulation_conf`.
+        existing_points: (xyz (P, 3), per keyframe (N_i,) point ids, -1 = none) of points kept
+            (refined, extended by new observations) rather than triangulated again.
     Returns: {"point3D_ids": list of (N_i,) int64 (-1 = none), "points3D": (P, 3) float64,
         "track_lengths": (P,) int32, "errors": (P,) float32 px, "num_verified_matches": int,
         "num_pairs": int}.
@@ -145,6 +158,8 @@ def triangulate_known_poses(
         raise ValueError(f"unknown triangulation option(s): {sorted(unknown)}")
     cams_pc = [cam.to_pycolmap() for cam in cameras]
     rec = _reconstruction(cams_pc, names, keypoints, cam_from_world)
+    if existing_points is not None:
+        _add_points(rec, *existing_points)
     with tempfile.TemporaryDirectory(prefix="supergf_tri_", dir=work_dir) as tmp:
         tmp = Path(tmp)
         db = pycolmap.Database.open(str(tmp / "database.db"))
@@ -157,8 +172,9 @@ def triangulate_known_poses(
         out_dir.mkdir()
         with _quiet_pycolmap():
             rec = pycolmap.triangulate_points(
-                rec, str(tmp / "database.db"), str(tmp), str(out_dir), options=_tri_options(conf)
-            )
+                rec, str(tmp / "database.db"), str(tmp), str(out_dir),
+                clear_points=existing_points is None, options=_tri_options(conf),
+            )  # fmt: skip
     ids, xyz, stats = _point3D_ids(rec, [len(k) for k in keypoints])
     return {
         "point3D_ids": ids,
@@ -167,6 +183,20 @@ def triangulate_known_poses(
         "num_pairs": num_pairs,
         **stats,
     }
+
+
+def _add_points(rec, xyz: np.ndarray, point3D_ids: Sequence[np.ndarray]) -> None:
+    """Add points `xyz` to `rec` with their tracks: keypoint j of image i (id i + 1) observes
+    point point3D_ids[i][j]."""
+    import pycolmap
+
+    tracks = [pycolmap.Track() for _ in range(len(xyz))]
+    for i, pids in enumerate(point3D_ids):
+        for j in np.flatnonzero(np.asarray(pids) >= 0):
+            tracks[int(pids[j])].add_element(i + 1, int(j))
+    for p, track in zip(np.asarray(xyz, np.float64), tracks):
+        if track.length():
+            rec.add_point3D(p, track)
 
 
 def _write_verified_matches(db, pair_matches, cams_pc, cam_from_world, keypoints, conf):
@@ -180,7 +210,7 @@ def _write_verified_matches(db, pair_matches, cams_pc, cam_from_world, keypoints
     ]
     num_verified = 0
     num_pairs = 0
-    for (i, j), m in sorted(pair_matches.items()):
+    for (i, j), m in _in_pair_order(pair_matches):
         m = np.asarray(m, dtype=np.int64).reshape(-1, 2)
         if len(m) == 0:
             continue
@@ -207,6 +237,7 @@ def _tri_options(conf: dict[str, Any]):
     import pycolmap
 
     opts = pycolmap.IncrementalPipelineOptions()
+    opts.num_threads = int(conf["num_threads"])
     opts.triangulation.min_angle = conf["min_tri_angle_deg"]
     opts.triangulation.ignore_two_view_tracks = conf["ignore_two_view_tracks"]
     opts.triangulation.complete_max_reproj_error = conf["max_reproj_error_px"]
@@ -278,7 +309,7 @@ def _write_estimated_geometries(db, pair_matches, cams_pc, keypoints, calibrated
     import pycolmap
 
     opts2v = pycolmap.TwoViewGeometryOptions()
-    for (i, j), m in sorted(pair_matches.items()):
+    for (i, j), m in _in_pair_order(pair_matches):
         m = np.asarray(m, dtype=np.uint32).reshape(-1, 2)
         if len(m) < 15:
             continue

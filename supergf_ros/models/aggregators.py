@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -349,18 +350,30 @@ class VLADAggregator(GlobalAggregator):
     def fit(self, features: list[LocalFeatures]) -> None:
         """k-means codebook from the local descriptors of `features` (subsampled, seeded)."""
         descs = [self._local(self._check(f)) for f in features]
-        descs = [d for d in descs if len(d)]
-        total = sum(len(d) for d in descs)
+        self.fit_streamed([len(d) for d in descs], lambda i: descs[i])
+
+    def fit_streamed(self, counts: list[int], read: Callable[[int], np.ndarray]) -> None:
+        """`fit` from images that stay on disk: `counts[i]` local descriptors of image i,
+        `read(i)` -> them (N_i, D). Only the sampled rows are kept; each image with one is read
+        once, in order. The same codebook as `fit` on the same descriptors."""
+        total = int(sum(counts))
         if total < self.num_clusters:
             raise ValueError(
                 f"VLAD needs at least num_clusters={self.num_clusters} local descriptors to fit "
-                f"its codebook, got {total} from {len(features)} images"
+                f"its codebook, got {total} from {len(counts)} images"
             )
-        x = np.concatenate(descs).astype(np.float32)
         rng = np.random.default_rng(int(self.conf["seed"]))
         limit = int(self.conf["max_training_descriptors"])
-        if len(x) > limit:
-            x = x[rng.choice(len(x), limit, replace=False)]
+        pick = rng.choice(total, limit, replace=False) if total > limit else np.arange(total)
+        slot = np.argsort(pick, kind="stable")  # output position of each sampled row, by row
+        rows = pick[slot]
+        x = np.empty((len(pick), self.input_dim), np.float32)
+        start = 0
+        for i, count in enumerate(counts):
+            lo, hi = np.searchsorted(rows, [start, start + count])
+            if hi > lo:
+                x[slot[lo:hi]] = np.asarray(read(i), np.float32)[rows[lo:hi] - start]
+            start += count
         self.centroids = _kmeans(x, self.num_clusters, int(self.conf["kmeans_iterations"]), rng)
 
     def _single(self, features: LocalFeatures) -> np.ndarray:
