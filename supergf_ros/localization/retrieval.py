@@ -1,7 +1,7 @@
 """Top-k retrieval of map keyframes by global descriptor with FAISS.
 
 A map of format version 3 stores its index (`GlobalIndex.to_bytes`) and, when the aggregator's
-descriptors are wider than the map needs, a projection learned on the map (`fit_projection`):
+descriptors are wider than the map needs, a projection learned on the map (`fit_projection_rows`):
 queries are projected and renormalized, so the search runs in the reduced space.
 """
 
@@ -32,30 +32,32 @@ DEFAULT_INDEX_PARAMS: dict[str, Any] = {
 }
 
 
-def fit_projection(sample: np.ndarray, dim: int, seed: int = 0) -> np.ndarray | None:
-    """(G, d) orthonormal projection onto the top singular directions of `sample` (rows of the
-    map's global descriptors, uncentered), d = min(dim, rank bound); None if d >= G.
+def fit_projection_rows(read_rows, n: int, g: int, dim: int, seed: int = 0,
+                        chunk: int = 256) -> np.ndarray | None:  # fmt: skip
+    """(g, d) orthonormal projection onto the top singular directions of the n rows
+    `read_rows(indices)` -> (len, g) float32 (the map's global descriptors, uncentered),
+    d = min(dim, rank bound); None if d >= g.
 
     Uncentered, so a map with at most `dim` keyframes keeps every inner product of a query with
-    its keyframes exactly (the keyframes lie in the kept span). Randomized SVD with two power
-    iterations: O(n G d), no G x G matrix.
+    its keyframes exactly (the keyframes lie in the kept span). The rows are read `chunk` at a
+    time: memory O(g d), not O(n g). Randomized SVD with two power iterations: O(n g d).
     """
-    x = np.asarray(sample, dtype=np.float32)
-    n, g = x.shape
     d = min(int(dim), n, g)
     if d >= g:
         return None
-    if n <= d:  # the rows' span, exactly
-        q, _ = np.linalg.qr(x.T.astype(np.float64))
+    if n <= d:  # the rows' span, exactly (at most d rows)
+        q, _ = np.linalg.qr(read_rows(np.arange(n)).T.astype(np.float64))
         return np.ascontiguousarray(q[:, :d], dtype=np.float32)
-    rng = np.random.default_rng(seed)
     k = min(d + 32, n)
-    y = x.T @ rng.standard_normal((n, k)).astype(np.float32)  # (G, k) range of x^T
+    blocks = [np.arange(a, min(n, a + chunk)) for a in range(0, n, chunk)]
+    gaussian = np.random.default_rng(seed).standard_normal((n, k)).astype(np.float32)
+    y = sum(read_rows(b).T @ gaussian[b] for b in blocks)  # (g, k) range of x^T
     for _ in range(2):
         y, _ = np.linalg.qr(y)
-        y = x.T @ (x @ y)
+        y = sum(x.T @ (x @ y) for x in map(read_rows, blocks))
     basis, _ = np.linalg.qr(y)
-    _, _, vt = np.linalg.svd(x @ basis, full_matrices=False)
+    small = np.concatenate([read_rows(b) @ basis for b in blocks])
+    _, _, vt = np.linalg.svd(small, full_matrices=False)
     return np.ascontiguousarray(basis @ vt[:d].T, dtype=np.float32)
 
 

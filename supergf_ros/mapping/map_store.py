@@ -6,7 +6,7 @@ descriptor, the normalized mean of its observations' (float16; measured on Strec
 recall as per-observation descriptors at a third of the bytes), stored in blocks of
 `BLOCK_ROWS` points (byte-shuffled, zlib); points are numbered by their first keyframe, so a
 keyframe's points sit in a few blocks. Global descriptors are projected onto the top singular
-directions of the map's (`retrieval.fit_projection`, lossless for maps of at most `global_dim`
+directions of the map's (`retrieval.fit_projection_rows`, lossless for maps of at most `global_dim`
 keyframes) and the FAISS index over them is stored, loaded at open, not rebuilt.
 
 ```
@@ -372,12 +372,17 @@ class MapWriter:
         return out
 
     def _retrieval(self) -> tuple[np.ndarray, np.ndarray | None, GlobalIndex]:
-        from ..localization.retrieval import GlobalIndex, fit_projection, project
+        from ..localization.retrieval import GlobalIndex, fit_projection_rows, project
 
         k, chunk = len(self.names), 512
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(k, min(k, 4096), replace=False))
-        projection = fit_projection(self._global_rows(sample), self.store["global_dim"])
+        projection = fit_projection_rows(  # the sample read in chunks, never held whole
+            lambda rows: self._global_rows(sample[rows]),
+            len(sample),
+            int(self.global_dim),
+            self.store["global_dim"],
+        )
         reduced = np.concatenate(
             [project(self._global_rows(np.arange(a, min(k, a + chunk))), projection)
              for a in range(0, k, chunk)]
