@@ -142,3 +142,19 @@ def test_damaged_or_truncated_v3_maps_are_refused(tmp_path: Path):
     lazy = open_map(bad)  # the records are checked as they are read
     with pytest.raises(MapFormatError, match="keyframe record 0 fails its checksum"):
         lazy.keyframe(0)
+
+
+def test_map_without_points_opens(tmp_path: Path):
+    """A map whose keyframes triangulated no point (build-map warns) still opens, lazily and
+    whole: its empty datasets have no storage in the file, which is not corruption."""
+    data = _toy_map()
+    data.point3D_ids[:] = -1
+    data.points3D = np.zeros((0, 3))
+    data.track_lengths, data.point_errors = np.zeros(0, np.int32), np.zeros(0, np.float32)
+    write_map(tmp_path / "empty.h5", data, format_version=3)
+    lazy = open_map(tmp_path / "empty.h5")
+    try:
+        assert len(lazy.points3D) == 0 and lazy.num_keyframes == data.num_keyframes
+    finally:
+        lazy.close()
+    assert read_map(tmp_path / "empty.h5").points3D.shape == (0, 3)

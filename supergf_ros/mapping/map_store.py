@@ -722,6 +722,11 @@ class LazyMap:
     def _read_small(self, regions: dict[str, tuple[int, int]]) -> None:
         import h5py
 
+        def offset(f, name: str) -> int:  # an empty dataset has no storage (a map of 0 points)
+            if name not in regions and f[name].size == 0:
+                return 0
+            return regions[name][0]
+
         from ..localization.retrieval import GlobalIndex
 
         with h5py.File(self.path, "r") as f:
@@ -738,18 +743,19 @@ class LazyMap:
             )
             kf = f["keyframes"]
             self._records = _Blobs(self.path, self._fd, "keyframe record",
-                                   regions["features/records"][0], kf["record_offsets"][()],
+                                   offset(f, "features/records"), kf["record_offsets"][()],
                                    kf["record_crc32"][()])  # fmt: skip
             self._blocks = _Blobs(self.path, self._fd, "descriptor block",
-                                  regions["points3D/descriptor_blocks"][0],
+                                  offset(f, "points3D/descriptor_blocks"),
                                   f["points3D/block_offsets"][()],
                                   f["points3D/block_crc32"][()])  # fmt: skip
             num_points = int(f["points3D/xyz"].shape[0])
+            xyz_offset = offset(f, "points3D/xyz")
             num_kp = int(kf["num_keypoints"][()].sum())
         k, dim = len(self.keyframe_names), int(self.layout["descriptor_dim"])
         if len(self._records) != k or len(self.global_index) != k:
             raise MapFormatError(f"map {self.path}: {k} keyframes but other keyframe counts")
-        self.points3D = _Points(self._fd, regions["points3D/xyz"][0], num_points)
+        self.points3D = _Points(self._fd, xyz_offset, num_points)
         # the optional point quality (older maps: None), rows read like points3D
         cov, angle = regions.get("points3D/covariance"), regions.get("points3D/tri_angle")
         self.point_covariances = (
