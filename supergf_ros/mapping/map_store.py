@@ -374,7 +374,7 @@ class MapWriter:
     def _retrieval(self) -> tuple[np.ndarray, np.ndarray | None, GlobalIndex]:
         from ..localization.retrieval import GlobalIndex, fit_projection_rows, project
 
-        k, chunk = len(self.names), 512
+        k, chunk = len(self.names), 128  # rows of 64 kB (16,384-D): 8 MB read at a time
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(k, min(k, 4096), replace=False))
         projection = fit_projection_rows(  # the sample read in chunks, never held whole
