@@ -110,13 +110,18 @@ def _by_stamp(messages: list) -> dict:
     return {stamp_to_ns(m.header.stamp): m for m in list(messages)}
 
 
+def _lock_step(nodes: dict, query: int, tries: int = 3) -> int:
+    """Publish query `query` until both nodes report on the same frame (images travel with
+    sensor-data QoS, best effort: a loaded machine may lose one); that frame's stamp."""
+    for _ in range(tries):
+        stamp = _publish(nodes, query)
+        if wait_until(lambda s=stamp: all(s in _by_stamp(nodes["status"][n]) for n in MODES), 20.0):
+            return stamp
+    raise AssertionError(f"no status of both nodes for query {query}\n{_tails(nodes['logs'])}")
+
+
 def test_pipelined_results_equal_the_one_thread_node_on_the_same_frames(nodes):
-    stamps = []
-    for query in range(len(nodes["scene"]["queries"])):  # lock-step: no frame is dropped
-        stamps.append(_publish(nodes, query))
-        assert wait_until(
-            lambda: all(stamps[-1] in _by_stamp(nodes["status"][n]) for n in MODES), 60.0
-        ), _tails(nodes["logs"])
+    stamps = [_lock_step(nodes, query) for query in range(len(nodes["scene"]["queries"]))]
     serial, pipelined = (_by_stamp(nodes["status"][n]) for n in MODES)
     for s in stamps:
         a, b = serial[s], pipelined[s]
@@ -140,7 +145,8 @@ def test_pipeline_keeps_stamp_order_and_counts_newest_wins_drops(nodes):
     assert burst == sorted(burst) and set(burst) <= set(stamps)  # in order, never twice
     assert 2 <= len(burst) < len(stamps)  # newest wins: most of the burst is dropped
     last = _by_stamp(status)[stamps[-1]]
-    assert last.frames_received == _published[0]  # every frame of this module
+    # best-effort images: all of this module's frames but the few a loaded machine loses
+    assert _published[0] - 2 <= last.frames_received <= _published[0]
     processed_before = before[-1].frames_processed if before else 0
     assert last.frames_processed - processed_before == len(burst)
     assert last.frames_processed + last.frames_dropped == last.frames_received
