@@ -73,17 +73,20 @@ def _dataset_crc(value: np.ndarray) -> int:
     return zlib.crc32(memoryview(flat).cast("B") if flat.size else b"", crc)
 
 
+def _utf8(value: Any, error: str) -> Any:
+    """`value` decoded if it is bytes (else as is); MapFormatError "`error`: ..." if not UTF-8."""
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise MapFormatError(f"{error}: {err}") from None
+
+
 def _attr_text(f, key: str, path: Path) -> str:
     if key not in f.attrs:
         raise MapFormatError(f"map {path} lacks the '{key}' attribute (corrupt or incomplete map)")
-    value = f.attrs[key]
-    if isinstance(value, bytes):
-        try:
-            value = value.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise MapFormatError(
-                f"map {path}: attribute '{key}' is not UTF-8 text: {err}"
-            ) from None
+    value = _utf8(f.attrs[key], f"map {path}: attribute '{key}' is not UTF-8 text")
     if not isinstance(value, str):
         raise MapFormatError(
             f"map {path}: attribute '{key}' must be a text string; found {type(value).__name__}"
@@ -117,13 +120,7 @@ def _strings(value: np.ndarray, name: str, path: Path) -> list[str]:
         )
     out = []
     for item in value.tolist():
-        if isinstance(item, bytes):
-            try:
-                item = item.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise MapFormatError(
-                    f"map {path}: {name} holds text that is not UTF-8: {err}"
-                ) from None
+        item = _utf8(item, f"map {path}: {name} holds text that is not UTF-8")
         if not isinstance(item, str):
             raise MapFormatError(
                 f"map {path}: {name} must hold strings; found {type(item).__name__}"
