@@ -21,10 +21,8 @@ QUERY = "0005.jpg"
 SMALL = {"resize_max": 320, "max_keypoints": 384}
 
 
-@pytest.fixture(scope="module")
-def torch_map(data_dir: Path, superpoint_weights: Path, tmp_path_factory) -> Path:
+def _torch_map(data_dir: Path, superpoint_weights: Path, path: Path, **conf) -> Path:
     """A small fountain map whose features were extracted with PyTorch."""
-    path = tmp_path_factory.mktemp("backends") / "map_torch.h5"
     build_map(
         data_dir / "strecha" / "fountain-P11",
         path,
@@ -32,26 +30,24 @@ def torch_map(data_dir: Path, superpoint_weights: Path, tmp_path_factory) -> Pat
         extractor_conf={"weights": str(superpoint_weights), **SMALL},
         global_name="vlad",
         backend="torch",
+        conf=conf or None,
         progress=False,
     )
     return path
+
+
+@pytest.fixture(scope="module")
+def torch_map(data_dir: Path, superpoint_weights: Path, tmp_path_factory) -> Path:
+    """A small fountain map whose features were extracted with PyTorch."""
+    path = tmp_path_factory.mktemp("backends") / "map_torch.h5"
+    return _torch_map(data_dir, superpoint_weights, path)
 
 
 @pytest.fixture(scope="module")
 def torch_map_v2(data_dir: Path, superpoint_weights: Path, tmp_path_factory) -> Path:
     """The same map in format version 2: every keypoint and its descriptor."""
     path = tmp_path_factory.mktemp("backends") / "map_torch_v2.h5"
-    build_map(
-        data_dir / "strecha" / "fountain-P11",
-        path,
-        image_names=KEYFRAMES,
-        extractor_conf={"weights": str(superpoint_weights), **SMALL},
-        global_name="vlad",
-        backend="torch",
-        conf={"format_version": 2},
-        progress=False,
-    )
-    return path
+    return _torch_map(data_dir, superpoint_weights, path, format_version=2)
 
 
 @pytest.fixture(scope="module")
