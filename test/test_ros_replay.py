@@ -59,6 +59,14 @@ def test_make_bag_writes_mcap_with_source_and_reference_poses(cache_dir, tmp_pat
         make_bag(scene["scene"], tmp_path / "b", image_names=names, progress=False)
 
 
+def _replay_json(bag: Path, map_path: Path, out: Path, *args: str, timeout: float = 300) -> dict:
+    """`supergf-ros replay BAG --map MAP --json --output OUT ARGS...` run to success; its JSON."""
+    cmd = [*CLI, "replay", str(bag), "--map", str(map_path), "--json", "--output", str(out), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
 @pytest.mark.ros
 def test_replay_at_rate_drops_frames_and_reports(cache_dir, tmp_path):
     from ros_testing import synthetic_sift_map
@@ -69,23 +77,7 @@ def test_replay_at_rate_drops_frames_and_reports(cache_dir, tmp_path):
     make_bag(
         scene["scene"], tmp_path / "q", image_names=scene["queries"], rate_hz=30.0, progress=False
     )
-    proc = subprocess.run(
-        [
-            *CLI,
-            "replay",
-            str(tmp_path / "q"),
-            "--map",
-            str(scene["map"]),
-            "--json",
-            "--output",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(proc.stdout)
+    r = _replay_json(tmp_path / "q", scene["map"], tmp_path / "out")
     assert r["frames_in"] == len(scene["queries"])
     assert r["frames_dropped"] >= 1  # 30 Hz camera, ~4 Hz pipeline: newest frame wins
     assert r["frames_processed"] + r["frames_dropped"] == r["frames_in"]
@@ -139,26 +131,8 @@ def test_acceptance_herz_jesus_p25_replay(data_dir, superpoint_weights, cache_di
         timeout=300,
     )
     assert make.returncode == 0, make.stderr[-2000:]
-    proc = subprocess.run(
-        [
-            *CLI,
-            "replay",
-            str(bag),
-            "--map",
-            str(map_path),
-            "--as-fast-as-possible",
-            "--json",
-            "--superpoint-weights",
-            str(superpoint_weights),
-            "--output",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(proc.stdout)
+    r = _replay_json(bag, map_path, tmp_path / "out", "--as-fast-as-possible",
+                     "--superpoint-weights", str(superpoint_weights), timeout=900)  # fmt: skip
     print(json.dumps({k: v for k, v in r.items() if k != "errors"}, indent=1))
     for key in (
         "latency_ms_p50",
@@ -255,13 +229,9 @@ def _make_and_replay(dataset, map_path, weights, tmp_path, name, bag_flags, node
         timeout=300,
     )
     assert make.returncode == 0, make.stderr[-2000:]
-    cmd = [*CLI, "replay", str(bag), "--map", str(map_path), "--json"]
-    cmd += ["--superpoint-weights", str(weights), "--output", str(tmp_path / name)]
-    for p in node_params:
-        cmd += ["--node-param", p]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(proc.stdout)
+    params = [arg for p in node_params for arg in ("--node-param", p)]
+    r = _replay_json(bag, map_path, tmp_path / name, "--superpoint-weights", str(weights),
+                     *params, timeout=600)  # fmt: skip
     print(name, json.dumps({k: v for k, v in r.items() if k not in ("errors", "recall")}))
     return r
 
@@ -334,22 +304,5 @@ def test_replay_of_a_compressed_bag(cache_dir, tmp_path):
         encoding="jpeg",
         progress=False,
     )
-    proc = subprocess.run(
-        [
-            *CLI,
-            "replay",
-            str(tmp_path / "q"),
-            "--map",
-            str(scene["map"]),
-            "--json",
-            "--as-fast-as-possible",
-            "--output",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(proc.stdout)
+    r = _replay_json(tmp_path / "q", scene["map"], tmp_path / "out", "--as-fast-as-possible")
     assert r["frames_in"] == 3 and r["frames_localized"] >= 2
