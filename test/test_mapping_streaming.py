@@ -7,6 +7,7 @@ map is compared with the uninterrupted single-process build dataset by dataset.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import shutil
 import sys
 from pathlib import Path
@@ -214,3 +215,76 @@ def test_extend_map_adds_a_recording(scene, superpoint_weights, tmp_path):
     for q in (scene / "queries.txt").read_text().split():
         result = loc.localize(ds.read_image(q), ds.camera(q))
         assert result.success and pose_error(result.cam_from_world, ds.cam_from_world(q))[0] < 0.3
+
+
+def test_partition_images_makes_spatial_blocks():
+    from supergf_ros.mapping.submaps import partition_images
+
+    centers = np.zeros((23, 3))
+    centers[:, 0] = np.random.default_rng(0).permutation(23) * 2.0  # cameras along a line
+    blocks = partition_images(centers, 5)
+    assert sorted(np.concatenate(blocks).tolist()) == list(range(23))
+    assert all(2 <= len(b) <= 5 for b in blocks)
+    spans = sorted((centers[b, 0].min(), centers[b, 0].max()) for b in blocks)
+    assert all(hi < lo for (_, hi), (lo, _) in itertools.pairwise(spans))  # cells do not overlap
+    assert [b.tolist() for b in partition_images(centers, 5)] == [b.tolist() for b in blocks]
+    with pytest.raises(ValueError, match="at least 2 images"):
+        partition_images(centers, 1)
+
+
+def _depth_errors(map_path: Path, scene: Path) -> np.ndarray:
+    """Relative depth error of every observed map point against the scene's true depth."""
+    from supergf_ros.mapping import read_map
+
+    m = read_map(map_path)
+    errors = []
+    for i, (name, pose) in enumerate(zip(m.keyframe_names, m.cam_from_world)):
+        a, b = m.keypoint_offsets[i], m.keypoint_offsets[i + 1]
+        ids, kp = m.point3D_ids[a:b], m.keypoints[a:b]
+        depth = np.load(scene / "depth" / f"{Path(name).stem}.npy").astype(np.float64)
+        px = np.round(kp[ids >= 0]).astype(int)
+        true = depth[px[:, 1], px[:, 0]]
+        z = pose.transform(m.points3D[ids[ids >= 0]])[:, 2]
+        errors.append(np.abs(z - true)[np.isfinite(true)] / true[np.isfinite(true)])
+    return np.concatenate(errors)
+
+
+def test_submap_triangulation_merges_to_one_consistent_map(scene, reference, superpoint_weights,
+                                                           tmp_path):  # fmt: skip
+    """16 images in blocks of at most 4: the points of neighbouring blocks are merged, every
+    observation reprojects within the threshold, and the points are as accurate as one run's."""
+    from supergf_ros.datasets import Dataset
+    from supergf_ros.geometry import pose_error
+    from supergf_ros.localization.localizer import Localizer
+    from supergf_ros.mapping import read_map
+    from supergf_ros.mapping.submaps import partition_images
+
+    out = tmp_path / "submaps.h5"
+    summary = _build(scene, out, superpoint_weights, conf={"submap_images": 4})
+    ref, m = read_map(reference), read_map(out)
+    assert 0.8 * len(ref.points3D) <= len(m.points3D) <= 1.2 * len(ref.points3D)
+    ids = m.point3D_ids
+    np.testing.assert_array_equal(np.bincount(ids[ids >= 0], minlength=len(m.points3D)),
+                                  m.track_lengths)  # fmt: skip
+    assert m.track_lengths.min() >= 2 and summary["mean_reproj_error_px"] < 4.0
+    keyframe = np.repeat(np.arange(len(m.keyframe_names)), np.diff(m.keypoint_offsets))
+    seen = ids >= 0
+    pairs = np.unique(np.stack([keyframe[seen], ids[seen]], 1), axis=0)
+    assert len(pairs) == seen.sum()  # no point is seen twice in one keyframe
+    block_of = np.empty(len(m.keyframe_names), int)
+    centers = np.stack([p.center for p in m.cam_from_world])
+    for b, members in enumerate(partition_images(centers, 4)):
+        block_of[members] = b
+    blocks_per_point = [len(set(block_of[keyframe[ids == p]])) for p in range(len(m.points3D))]
+    assert np.mean(np.asarray(blocks_per_point) > 1) > 0.3  # tracks continue across blocks
+    assert np.median(_depth_errors(out, scene)) <= 1.25 * np.median(_depth_errors(reference, scene))
+    loc = Localizer.from_map(out, {"superpoint_weights": str(superpoint_weights)})
+    ds = Dataset(scene)
+    for q in (scene / "queries.txt").read_text().split():
+        result = loc.localize(ds.read_image(q), ds.camera(q))
+        assert result.success and pose_error(result.cam_from_world, ds.cam_from_world(q))[0] < 0.3
+
+
+def test_submap_images_is_validated(scene, superpoint_weights, tmp_path):
+    with pytest.raises(ValueError, match="submap_images must be an integer >= 2"):
+        _build(scene, tmp_path / "m.h5", superpoint_weights, conf={"submap_images": 1})

@@ -51,17 +51,27 @@ def fit_projection_rows(read_rows, n: int, g: int, dim: int, seed: int = 0,
     k = min(d + 32, n)
     blocks = [np.arange(a, min(n, a + chunk)) for a in range(0, n, chunk)]
     gaussian = np.random.default_rng(seed).standard_normal((n, k)).astype(np.float32)
-    y = np.zeros((g, k), np.float32)  # the range of x^T, accumulated in place
+    y = np.zeros((g, k), np.float32, order="F")  # the range of x^T, accumulated in place
     for b in blocks:
-        y += read_rows(b).T @ gaussian[b]
+        _add_at_b(y, read_rows(b), gaussian[b])
     for _ in range(2):
-        q, y = _orthonormal(y), np.zeros_like(y)
+        q, y = _orthonormal(y), np.zeros((g, k), np.float32, order="F")
         for x in map(read_rows, blocks):
-            y += x.T @ (x @ q)
+            _add_at_b(y, x, x @ q)
     basis = _orthonormal(y)
     small = np.concatenate([read_rows(b) @ basis for b in blocks])
     _, _, vt = np.linalg.svd(small, full_matrices=False)
     return np.ascontiguousarray(basis @ vt[:d].T, dtype=np.float32)
+
+
+def _add_at_b(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """y += a^T b in place (BLAS sgemm into the Fortran-ordered y: no (g, k) temporary)."""
+    from scipy.linalg.blas import sgemm
+
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    out = sgemm(1.0, a, b, beta=1.0, c=y, trans_a=True, overwrite_c=True)
+    if out is not y:  # sgemm wrote a copy: not expected for a Fortran float32 y
+        y[...] = out
 
 
 def _orthonormal(y: np.ndarray) -> np.ndarray:

@@ -35,6 +35,9 @@ default_build_conf: dict[str, Any] = {
     "index": "auto",
     "index_params": {},  # hnsw_m, ef_search, nlist, nprobe, target_recall
     "triangulation": {},  # overrides of triangulation.default_triangulation_conf
+    # posed maps with more images are triangulated by spatial submaps of at most this many
+    # (`submaps`): pycolmap's memory then stays that of one submap
+    "submap_images": 256,
 }
 
 
@@ -96,6 +99,8 @@ def merge_build_conf(conf: dict | None) -> dict:
         raise ValueError(
             f"unknown build option(s): {sorted(unknown)}; valid: {sorted(default_build_conf)}"
         )
+    if not isinstance(conf["submap_images"], int) or conf["submap_images"] < 2:
+        raise ValueError(f"submap_images must be an integer >= 2, got {conf['submap_images']!r}")
     return conf
 
 
@@ -287,8 +292,15 @@ def _run_steps(job, out_path: Path, build_conf: dict, on_image) -> tuple[dict, d
     """The build's steps on `job` (see `streaming`); (summary, timings in s)."""
     from .feature_store import FeatureFile
     from .pairs import select_pairs
-    from .streaming import extract_step, globals_step, match_step, triangulate_step
+    from .streaming import (
+        bound_heap_growth,
+        extract_step,
+        globals_step,
+        match_step,
+        triangulate_step,
+    )
 
+    bound_heap_growth()
     timings: dict[str, float] = {}
     peaks: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -367,6 +379,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--ratio-threshold", type=float, help="Lowe ratio test for map matching")
     add_store_arguments(p)
     add_streaming_arguments(p)
+    p.add_argument(
+        "--submap-images",
+        type=int,
+        help="triangulate posed maps by spatial submaps of at most this many images "
+        "(default 256; memory stays that of one submap)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -468,6 +486,8 @@ def run(args: argparse.Namespace) -> int:
         conf["num_pose_neighbors"] = args.num_neighbors
     if args.ratio_threshold is not None:
         conf["ratio_threshold"] = args.ratio_threshold
+    if args.submap_images is not None:
+        conf["submap_images"] = args.submap_images
     summary = build_map(
         args.dataset,
         args.out,

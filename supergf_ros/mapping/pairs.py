@@ -30,7 +30,7 @@ def pairs_from_poses(
     pairs = set()
     for a in range(0, n, PAIR_BLOCK_ROWS):
         b = min(n, a + PAIR_BLOCK_ROWS)
-        dist = np.linalg.norm(centers[a:b, None] - centers[None], axis=-1)
+        dist = _distances(centers[a:b], centers)
         cos = np.clip(dirs[a:b] @ dirs.T, -1.0, 1.0)
         valid = np.degrees(np.arccos(cos)) <= max_angle_deg
         valid[np.arange(b - a), np.arange(a, b)] = False
@@ -41,6 +41,17 @@ def pairs_from_poses(
                 if np.isfinite(dist[r, j]):
                     pairs.add((min(i, int(j)), max(i, int(j))))
     return pairs
+
+
+def _distances(rows: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """(len(rows), N) centre distances, summed axis by axis in place (the values of
+    `np.linalg.norm` over a (rows, N, 3) difference array, without that array)."""
+    dist = np.zeros((len(rows), len(centers)))
+    for axis in range(3):
+        diff = rows[:, axis, None] - centers[None, :, axis]
+        diff *= diff
+        dist += diff
+    return np.sqrt(dist, out=dist)
 
 
 def pairs_from_retrieval(

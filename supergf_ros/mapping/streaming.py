@@ -6,12 +6,13 @@
    a sample read from the feature file first), read back by blocks (`GlobalRows`).
 3. pairs (`pairs.select_pairs`, by blocks), then `match_step`: matches appended to the matches
    file (`feature_store.MatchesFile`) chunk by chunk.
-4. `triangulate_step`: pycolmap from a database filled from the two files.
+4. `triangulate_step`: pycolmap from a database filled from the two files (by spatial submaps
+   above `submap_images` posed images, `submaps.triangulate_submaps`).
 5. `write_step`: the version-3 map keyframe by keyframe (`map_store.write_v3_streamed`).
 
 Extraction and matching run as tasks on an executor (`distributed`): this process or Ray.
-What is held in memory: keypoints and poses per image, the pycolmap reconstruction and a few
-images' descriptors; never every image's descriptors.
+What is held in memory: keypoints and poses per image, one submap's pycolmap reconstruction
+and a few images' descriptors; never every image's descriptors.
 """
 
 from __future__ import annotations
@@ -165,9 +166,9 @@ def triangulate_step(job: BuildJob, ff: FeatureFile, poses, mf: MatchesFile, con
     from .triangulation import incremental_sfm, triangulate_known_poses
 
     names, dataset = job.names, job.dataset
-    keypoints = [ff.keypoints(n) for n in names]
     sizes = [ff.image_size(n) for n in names]
     if not dataset.has_model:
+        keypoints = [ff.keypoints(n) for n in names]
         tri = incremental_sfm(None, names, sizes, keypoints, mf, work_dir=job.work_dir)
         keep = [i for i, p in enumerate(tri["cam_from_world"]) if p is not None]
         if len(keep) < len(names):
@@ -179,10 +180,53 @@ def triangulate_step(job: BuildJob, ff: FeatureFile, poses, mf: MatchesFile, con
         if (cam.width, cam.height) != (w, h):  # images stored at another resolution
             cam = cam.scaled(w / cam.width, h / cam.height)
         cameras.append(cam)
-    tri = triangulate_known_poses(
-        cameras, poses, names, keypoints, mf, conf["triangulation"], work_dir=job.work_dir
-    )
+    if len(names) > conf["submap_images"]:
+        from .submaps import triangulate_submaps
+
+        tri = triangulate_submaps(
+            cameras, poses, names, lambda i: ff.keypoints(names[i]), mf, conf["triangulation"],
+            conf["submap_images"], work_dir=job.work_dir, progress=job.progress,
+        )  # fmt: skip
+    else:
+        keypoints = [ff.keypoints(n) for n in names]
+        tri = triangulate_known_poses(
+            cameras, poses, names, keypoints, mf, conf["triangulation"], work_dir=job.work_dir
+        )
+    release_freed_memory()  # pycolmap's freed heap, kept resident by malloc, back to the OS
     return list(range(len(names))), cameras, poses, tri
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def _libc():
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return None
+
+
+def bound_heap_growth() -> None:
+    """Blocks of 1 MiB and more mapped and unmapped on their own (glibc's mallopt; a no-op
+    elsewhere). glibc otherwise raises that threshold after each large free, and the build's
+    many 16 MB arrays then stay resident in a fragmented heap: +60 MB at 2,000 images."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+def release_freed_memory() -> None:
+    """Hand the heap pages malloc keeps after frees back to the OS (glibc's malloc_trim; a
+    no-op elsewhere), so the next step's peak does not stack on the last one's."""
+    import gc
+
+    gc.collect()
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 class StoredKeyframes:
