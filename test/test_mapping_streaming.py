@@ -283,6 +283,8 @@ def test_submap_triangulation_merges_to_one_consistent_map(scene, reference, sup
     for q in (scene / "queries.txt").read_text().split():
         result = loc.localize(ds.read_image(q), ds.camera(q))
         assert result.success and pose_error(result.cam_from_world, ds.cam_from_world(q))[0] < 0.3
+    _build(scene, tmp_path / "again.h5", superpoint_weights, conf={"submap_images": 4})
+    assert_same_map(out, tmp_path / "again.h5")  # the merge is deterministic
 
 
 def test_submap_images_is_validated(scene, superpoint_weights, tmp_path):
