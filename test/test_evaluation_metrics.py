@@ -11,7 +11,12 @@ import pytest
 from supergf_ros.cli import main
 from supergf_ros.datasets import Dataset, write_image_list, write_results
 from supergf_ros.evaluation.evaluate import evaluate_results
-from supergf_ros.evaluation.metrics import pose_metrics, recall_at_n
+from supergf_ros.evaluation.metrics import (
+    camera_frame_error,
+    camera_frame_medians,
+    pose_metrics,
+    recall_at_n,
+)
 from supergf_ros.geometry import Pose
 
 
@@ -35,6 +40,23 @@ def test_pose_metrics_counts_missing_as_failures():
     assert none["median_translation_m"] is None and none["recall"]["5m_10deg"] == 0.0
     with pytest.raises(ValueError, match="no queries"):
         pose_metrics({})
+
+
+def test_camera_frame_error_splits_the_offset_along_the_true_camera_axes(data_dir: Path):
+    """A KITTI right camera moved 3 cm right, 1 cm up and 7 cm back in its own axes (the
+    sequence turns: its axes are not the world's)."""
+    kitti = Dataset(data_dir / "sequences" / "kitti01")
+    truth = {n: kitti.cam_from_world(n) for n in ("image_1/000020.png", "image_1/000040.png")}
+    offset = np.array([0.03, -0.01, -0.07])
+    moved = {}
+    for name, pose in truth.items():
+        assert abs(pose.R[2] @ np.array([0.0, 0.0, 1.0])) < 0.95  # not looking along world z
+        center = pose.center + pose.R.T @ offset
+        moved[name] = Pose.from_matrix(np.concatenate([pose.R, (-pose.R @ center)[:, None]], 1))
+        assert np.allclose(camera_frame_error(moved[name], pose), offset, atol=1e-9)
+    medians = camera_frame_medians(moved, truth)
+    assert medians == pytest.approx({"lateral": 0.03, "vertical": 0.01, "axial": 0.07})
+    assert camera_frame_medians({}, truth) is None
 
 
 def test_recall_at_n():

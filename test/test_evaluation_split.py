@@ -86,6 +86,14 @@ def test_split_names_and_options():
     names = [f"image_{c}/{i:06d}.png" for c in (0, 1) for i in range(10)]
     m, q = split_names(names, 5, "image_0/", "image_1/")
     assert m == ["image_0/000000.png", "image_0/000005.png"] and len(q) == 10
+    m, q = split_names(names, 5, "image_0/", "image_1/", map_offset=2)  # another phase
+    assert m == ["image_0/000002.png", "image_0/000007.png"] and len(q) == 10
+    m, q = split_names(names, 3, "image_0/", map_offset=1)
+    assert m == ["image_0/000001.png", "image_0/000004.png", "image_0/000007.png"]
+    assert "image_0/000000.png" in q and not set(m) & set(q)
+    for bad in (5, -1):
+        with pytest.raises(ValueError, match=r"--map-offset must be in \[0, --map-every\)"):
+            split_names(names, 5, "image_0/", "image_1/", map_offset=bad)
     m, q = split_names([f"{i:04d}.jpg" for i in range(5)])
     assert m == ["0000.jpg", "0002.jpg", "0004.jpg"] and q == ["0001.jpg", "0003.jpg"]
     with pytest.raises(ValueError, match="no query images"):
@@ -147,6 +155,9 @@ def test_split_eval_command_reports_per_top_k(tiny_split: Split, capsys):
     for m in report["top_k"].values():
         assert {"recall", "median_translation_m", "median_rotation_deg", "nees_median"} <= set(m)
         assert m["num_queries"] == 2 and "0.25m_2deg" in m["recall"]
+        axes = m["median_error_camera_m"]  # the position error in the camera's axes
+        assert set(axes) == {"lateral", "vertical", "axial"}
+        assert np.linalg.norm(list(axes.values())) >= 0.5 * m["median_translation_m"]
     dusk_files = sorted(p.name for p in work_dir.glob("dusk_*/images/*"))
     assert dusk_files == ["0003.jpg", "0005.jpg"]  # the queries, darkened
     assert len(list(work_dir.glob("map_*.h5"))) == 1
@@ -154,6 +165,10 @@ def test_split_eval_command_reports_per_top_k(tiny_split: Split, capsys):
     report = json.loads(capsys.readouterr().out)  # another split: another map
     assert report["split"]["num_map"] == 4 and report["options"]["contrast_normalization"] == "auto"
     assert len(list(work_dir.glob("map_*.h5"))) == 2
+    assert main([*args[:-2], "--map-every", "2", "--map-offset", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)  # map 0003, 0005; queries 0002, 0004
+    assert report["split"]["map_offset"] == 1 and report["split"]["num_map"] == 2
+    assert len(list(work_dir.glob("map_*.h5"))) == 3  # another phase: another map
 
 
 @pytest.mark.slow

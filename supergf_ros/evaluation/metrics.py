@@ -30,6 +30,23 @@ def pose_errors(
     return out
 
 
+def camera_frame_error(cam_from_world_est: Pose, cam_from_world_gt: Pose) -> np.ndarray:
+    """(3,) the position error in the true camera's axes: lateral (x, right), vertical (y,
+    down), along the optical axis (z)."""
+    return cam_from_world_gt.R @ (cam_from_world_est.center - cam_from_world_gt.center)
+
+
+def camera_frame_medians(
+    estimates: Mapping[str, Pose], ground_truth: Mapping[str, Pose]
+) -> dict[str, float] | None:
+    """Median absolute position error per camera axis over `estimates` (m; None: none)."""
+    errors = [camera_frame_error(p, ground_truth[n]) for n, p in estimates.items()]
+    if not errors:
+        return None
+    med = np.median(np.abs(np.asarray(errors)), axis=0)
+    return {"lateral": float(med[0]), "vertical": float(med[1]), "axial": float(med[2])}
+
+
 def pose_metrics(
     errors: Mapping[str, tuple[float, float] | None],
     thresholds: Sequence[tuple[float, float]] = POSE_THRESHOLDS,

@@ -1,9 +1,9 @@
-"""`supergf-ros split-eval DATASET [--map-every N] [--map-prefix P] [--query-prefix P]
-[--dusk SEED] [--top-k 1,5] [--set NAME=VALUE ...] [--json] [--work-dir DIR]`: one command
+"""`supergf-ros split-eval DATASET [--map-every N] [--map-offset K] [--map-prefix P]
+[--query-prefix P] [--dusk SEED] [--top-k 1,5] [--set NAME=VALUE ...] [--json] [--work-dir DIR]`: one command
 for a map/query split.
 
-The map is every Nth image (of those whose name starts with `--map-prefix`; N = 2 is the Strecha
-even/odd split), built once per split and settings and cached in the work dir. The queries are
+The map is every Nth image from the Kth on (of those whose name starts with `--map-prefix`; N = 2
+is the Strecha even/odd split; another K is the same density in another phase), built once per split and settings and cached in the work dir. The queries are
 the other images of that prefix, or every image of `--query-prefix` (e.g. KITTI: map
 `image_0/`, queries `image_1/`); `--dusk SEED` darkens them (`datasets.dusk`, written to the
 work dir, deterministic per seed). Each query is extracted once and localized with each top_k;
@@ -26,14 +26,21 @@ DEFAULT_WORK_DIR = Path("outputs") / "split_eval"
 
 
 def split_names(
-    names: list[str], map_every: int = 2, map_prefix: str = "", query_prefix: str | None = None
+    names: list[str],
+    map_every: int = 2,
+    map_prefix: str = "",
+    query_prefix: str | None = None,
+    map_offset: int = 0,
 ) -> tuple[list[str], list[str]]:
-    """(map names, query names): every `map_every`th name with `map_prefix`, and the rest of
-    them or, with `query_prefix`, every name with that prefix. ValueError for an empty side."""
+    """(map names, query names): every `map_every`th name with `map_prefix` from the
+    `map_offset`th on, and the rest of them or, with `query_prefix`, every name with that
+    prefix. ValueError for an empty side or an offset outside [0, map_every)."""
     if map_every < 1:
         raise ValueError(f"--map-every must be >= 1, got {map_every}")
+    if not 0 <= map_offset < map_every:
+        raise ValueError(f"--map-offset must be in [0, --map-every), got {map_offset}")
     pool = sorted(n for n in names if n.startswith(map_prefix))
-    map_names = pool[::map_every]
+    map_names = pool[map_offset::map_every]
     if query_prefix is None:
         taken = set(map_names)
         queries = [n for n in pool if n not in taken]
@@ -126,12 +133,15 @@ def localize_queries(
 
 def split_metrics(results: dict[str, Any], dataset) -> dict[str, Any]:
     """`metrics.pose_metrics` of the results plus the median NEES of the fixes with a
-    covariance (None when none has one) and the median PnP inliers."""
+    covariance (None when none has one), the median PnP inliers and the median absolute
+    position error per axis of the true camera (`median_error_camera_m`: lateral, vertical,
+    axial)."""
     from ..tracking.gate import pose_mahalanobis
-    from .metrics import pose_errors, pose_metrics
+    from .metrics import camera_frame_medians, pose_errors, pose_metrics
 
     poses = {n: r.cam_from_world for n, r in results.items() if r.success}
     metrics = pose_metrics(pose_errors(poses, dataset.poses, list(results)))
+    metrics["median_error_camera_m"] = camera_frame_medians(poses, dataset.poses)
     nees = []
     for name, r in results.items():
         if r.success and r.map_covariance is not None:
@@ -163,6 +173,7 @@ def prepare_split(
     dataset_dir: str | Path,
     *,
     map_every: int = 2,
+    map_offset: int = 0,
     map_prefix: str = "",
     query_prefix: str | None = None,
     dusk_seed: int | None = None,
@@ -180,7 +191,7 @@ def prepare_split(
     dataset = Dataset(dataset_dir)
     if not dataset.poses:
         raise ValueError(f"dataset {dataset_dir} has no poses (sparse_gt/) to evaluate against")
-    map_names, queries = split_names(dataset.names, map_every, map_prefix, query_prefix)
+    map_names, queries = split_names(dataset.names, map_every, map_prefix, query_prefix, map_offset)
     weights = resolve_weights(superpoint_weights)
     map_path = cached_map(dataset_dir, map_names, weights, work_dir, progress, map_extractor_conf)
     source = query_dataset(dataset, queries, dusk_seed, work_dir)
@@ -191,6 +202,7 @@ def evaluate_split(
     dataset_dir: str | Path,
     *,
     map_every: int = 2,
+    map_offset: int = 0,
     map_prefix: str = "",
     query_prefix: str | None = None,
     dusk_seed: int | None = None,
@@ -208,6 +220,7 @@ def evaluate_split(
     split = prepare_split(
         dataset_dir,
         map_every=map_every,
+        map_offset=map_offset,
         map_prefix=map_prefix,
         query_prefix=query_prefix,
         dusk_seed=dusk_seed,
@@ -225,6 +238,7 @@ def evaluate_split(
         "dataset": str(dataset_dir),
         "split": {
             "map_every": map_every,
+            "map_offset": map_offset,
             "map_prefix": map_prefix,
             "query_prefix": query_prefix,
             "dusk_seed": dusk_seed,
@@ -242,7 +256,8 @@ def format_report(report: dict[str, Any]) -> str:
     s = report["split"]
     light = "clear" if s["dusk_seed"] is None else f"dusk seed {s['dusk_seed']}"
     lines = [
-        f"{report['dataset']}: map {s['num_map']} images (every {s['map_every']}), "
+        f"{report['dataset']}: map {s['num_map']} images (every {s['map_every']} from "
+        f"{s.get('map_offset', 0)}), "
         f"{s['num_queries']} queries, {light}"
     ]
     for k, m in report["top_k"].items():
@@ -252,8 +267,16 @@ def format_report(report: dict[str, Any]) -> str:
             f"{m['recall']['0.25m_2deg']:.3f}, median error "
             + ("n/a" if med_t is None else f"{med_t * 1e3:.1f} mm, {med_r:.3f} deg")
             + ("" if nees is None else f", NEES median {nees:.2f}")
+            + _axes_text(m.get("median_error_camera_m"))
         )
     return "\n".join(lines)
+
+
+def _axes_text(axes: dict[str, float] | None) -> str:
+    if axes is None:
+        return ""
+    lat, ver, ax = (axes[k] * 1e3 for k in ("lateral", "vertical", "axial"))
+    return f"; per camera axis (lateral, vertical, axial) {lat:.1f} / {ver:.1f} / {ax:.1f} mm"
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -288,6 +311,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("dataset", type=Path, help="dataset folder (images/ + sparse_gt/ poses)")
     p.add_argument("--map-every", type=int, default=2, help="map = every Nth image (default 2)")
+    p.add_argument(
+        "--map-offset", type=int, default=0, help="map = images K, K + N, ... (default 0)"
+    )
     p.add_argument("--map-prefix", default="", help="map images: names starting with this")
     p.add_argument("--query-prefix", help="queries: every name starting with this")
     p.add_argument("--dusk", type=int, metavar="SEED", help="darken the queries (seeded)")
@@ -318,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_split(
         args.dataset,
         map_every=args.map_every,
+        map_offset=args.map_offset,
         map_prefix=args.map_prefix,
         query_prefix=args.query_prefix,
         dusk_seed=args.dusk,
