@@ -128,6 +128,12 @@ def test_matches_file_continues_or_starts_over(tmp_path):
     mf.append([np.array([[5, 6]])])
     got = [(p, m.tolist()) for p, m in mf.items(chunk_pairs=2)]
     assert got == [((0, 1), [[0, 1], [2, 3]]), ((0, 2), []), ((1, 2), [[5, 6]])]
+    for indices in ([0, 2], [1, 2], [2], []):  # a block's pairs: runs read together
+        for chunk_pairs in (1, 2, 4096):
+            part = [(p, m.tolist()) for p, m in mf.items_at(indices, chunk_pairs=chunk_pairs)]
+            assert part == [got[k] for k in indices]
+    with pytest.raises(ValueError, match="increasing positions"):
+        list(mf.items_at([2, 1]))
     mf.close()
     mf = MatchesFile(tmp_path / "m.h5", pairs[:2], "id-2")  # other features: nothing reused
     assert mf.num_done == 0 and mf.pairs == pairs[:2]

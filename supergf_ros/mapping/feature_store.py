@@ -194,5 +194,20 @@ class MatchesFile:
             for k in range(a, b):
                 yield self.pairs[k], block[int(off[k - a] - off[0]) : int(off[k - a + 1] - off[0])]
 
+    def items_at(self, indices, chunk_pairs: int = 4096):
+        """((i, j), matches) of the pairs at increasing positions `indices` (all matched), in
+        that order; read as `items` does, chunk by chunk, skipping chunks without one."""
+        indices = np.asarray(indices, np.int64)
+        if len(indices) and (indices[-1] >= self.num_done or np.any(np.diff(indices) <= 0)):
+            raise ValueError("items_at: indices must be increasing positions of matched pairs")
+        offsets, matches = self.f["offsets"], self.f["matches"]
+        for a in np.unique(indices // chunk_pairs) * chunk_pairs:
+            b = min(self.num_done, a + chunk_pairs)
+            off = offsets[a : b + 1]
+            block = matches[int(off[0]) : int(off[-1])]
+            for k in indices[(indices >= a) & (indices < b)]:
+                lo, hi = int(off[k - a] - off[0]), int(off[k - a + 1] - off[0])
+                yield self.pairs[int(k)], block[lo:hi]
+
     def close(self) -> None:
         self.f.close()

@@ -52,18 +52,21 @@ def partition_images(centers: np.ndarray, max_images: int) -> list[np.ndarray]:
 
 
 class _PairSubset:
-    """The matches of the pairs that touch one block, renumbered to the block's run images
-    (a source for `triangulate_known_poses`: `items()` in pair order)."""
+    """The matches of the pairs at positions `indices` of the build's pair list (those that
+    touch one block), renumbered to the block's run images: a source for
+    `triangulate_known_poses` (`items()` in pair order). A matches file reads just those."""
 
-    def __init__(self, pair_matches, touch: set[tuple[int, int]], local: np.ndarray) -> None:
-        self.source, self.touch, self.local = pair_matches, touch, local
+    def __init__(self, pair_matches, pairs: np.ndarray, indices: np.ndarray, local) -> None:
+        self.source, self.pairs, self.indices, self.local = pair_matches, pairs, indices, local
 
     def items(self):
-        from .triangulation import _in_pair_order
-
-        for (i, j), m in _in_pair_order(self.source):
-            if (i, j) in self.touch:
-                yield (int(self.local[i]), int(self.local[j])), m
+        if isinstance(self.source, dict):
+            found = (((int(i), int(j)), self.source[(int(i), int(j))])
+                     for i, j in self.pairs[self.indices])  # fmt: skip
+        else:
+            found = self.source.items_at(self.indices)
+        for (i, j), m in found:
+            yield (int(self.local[i]), int(self.local[j])), m
 
 
 def pairs_of(pair_matches) -> np.ndarray:
@@ -127,11 +130,11 @@ def triangulate_submaps(
     for core in tqdm(blocks, desc="submaps", unit="block", disable=not progress):
         in_core = np.zeros(len(names), bool)
         in_core[core] = True
-        touch = pairs[in_core[pairs[:, 0]] | in_core[pairs[:, 1]]]
-        run_images = np.union1d(core, touch.ravel())
+        touch = np.flatnonzero(in_core[pairs[:, 0]] | in_core[pairs[:, 1]])
+        run_images = np.union1d(core, pairs[touch].ravel())
         local = np.full(len(names), -1, np.int64)
         local[run_images] = np.arange(len(run_images))
-        subset = _PairSubset(pair_matches, {(int(i), int(j)) for i, j in touch}, local)
+        subset = _PairSubset(pair_matches, pairs, touch, local)
         tri = triangulate_known_poses(
             [cameras[g] for g in run_images], [cam_from_world[g] for g in run_images],
             [names[g] for g in run_images], [load_keypoints(int(g)) for g in run_images],
