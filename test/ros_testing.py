@@ -41,6 +41,7 @@ class IsolatedRos:
         self.context = rclpy.Context()
         rclpy.init(args=[], context=self.context, domain_id=self.domain_id)
         self.node = rclpy.create_node(self.name, context=self.context)
+        self.subscriptions: dict[str, Any] = {}  # by topic, from `collect`
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -59,7 +60,9 @@ class IsolatedRos:
     def collect(self, msg_type: Any, topic: str, qos: Any = 10) -> list:
         """Subscribe and return the (thread-safely appended) list of received messages."""
         received: list = []
-        self.node.create_subscription(msg_type, topic, received.append, qos)
+        self.subscriptions[topic] = self.node.create_subscription(
+            msg_type, topic, received.append, qos
+        )
         return received
 
 

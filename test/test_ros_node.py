@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,12 +76,20 @@ class Harness:
         msg.header.frame_id = "camera"
         return msg
 
-    def send(self, fields: dict, timeout: float = 60.0):
-        """Publish one image; return its LocalizationStatus."""
+    def send(self, fields: dict, timeout: float = 60.0, resend_s: float = 15.0):
+        """Publish one image; return its LocalizationStatus. The node takes images best effort
+        (sensor-data QoS): one not answered within `resend_s` is published again."""
         stamp = self.next_stamp()
-        self.image_pub.publish(self.image_msg(fields, stamp))
-        assert wait_until(lambda: self.status_for(stamp) is not None, timeout), self.tail()
-        return self.status_for(stamp)
+        msg = self.image_msg(fields, stamp)
+        status_sub = self.ros.subscriptions["/status"]
+        wait_until(lambda: status_sub.get_publisher_count() > 0, 10.0)  # answers not lost
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.image_pub.publish(msg)
+            wait_s = min(resend_s, deadline - time.monotonic())
+            if wait_until(lambda: self.status_for(stamp) is not None, wait_s):
+                return self.status_for(stamp)
+        raise AssertionError(f"no status for the image stamped {stamp} ns:\n{self.tail()}")
 
     def status_for(self, stamp_ns: int):
         for st in list(self.status):
@@ -89,8 +98,10 @@ class Harness:
         return None
 
     def send_camera_info(self, camera) -> None:
+        """Publish `camera` once the node subscribes (a message before that is lost)."""
         fields = camera_to_camera_info_fields(camera)
         msg = CameraInfo(**fields)
+        wait_until(lambda: self.info_pub.get_subscription_count() > 0, 30.0)
         for _ in range(3):
             self.info_pub.publish(msg)
 
