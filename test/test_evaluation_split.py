@@ -189,3 +189,28 @@ def test_contrast_normalization_changes_what_a_dusk_query_matches(tiny_split: Sp
     assert shared < 0.8 * len(f0)  # other keypoints are detected
     print(f"dusk {name}: inliers {r0.num_inliers} -> {r1.num_inliers} with equalize")
     assert r1.num_inliers > 1.05 * r0.num_inliers
+
+
+@pytest.mark.slow
+def test_map_scales_make_a_multi_scale_map_localized_at_one_scale(tiny_split: Split, capsys):
+    """`--map-scales 1,0.5`: the map's keyframes hold both scales' points, queries use one."""
+    from supergf_ros.localization.localizer import Localizer
+    from supergf_ros.mapping import read_map
+
+    work_dir = tiny_split.map_path.parent
+    args = ["split-eval", str(tiny_split.dataset.root), "--top-k", "1", "--json", "--quiet",
+            "--superpoint-weights", str(tiny_split.weights), "--resize-max", "512",
+            "--max-keypoints", "512", "--work-dir", str(work_dir), "--map-scales", "1,0.5"]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["map"] != str(tiny_split.map_path)  # its own cached map
+    multi, single = read_map(report["map"]), read_map(tiny_split.map_path)
+    assert multi.extractor["config"]["scales"] == [1.0, 0.5]
+    assert "scales" not in single.extractor["config"]
+    assert len(multi.keypoints) > 1.2 * len(single.keypoints)
+    loc = Localizer.from_map(report["map"], {"superpoint_weights": str(tiny_split.weights)})
+    assert loc.extractor.conf["scales"] == [1.0]
+    assert report["top_k"]["1"]["num_localized"] == 2
+    with pytest.raises(SystemExit):
+        main([*args[:-1], "0.5,1"])
+    assert "scales must start with 1.0" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from supergf_ros.features import create_extractor
-from supergf_ros.features.base import file_sha256
+from supergf_ros.features.base import file_sha256, to_grayscale
 from supergf_ros.features.superpoint import (
     WEIGHTS_ENV,
     SuperPoint,
@@ -273,6 +273,28 @@ def test_resize_max_returns_input_coordinates(superpoint_weights):
     )
     np.testing.assert_allclose(small.keypoints, (by_hand.keypoints + 0.5) * 2 - 0.5)
     np.testing.assert_allclose(small.descriptors, by_hand.descriptors, atol=1e-6)
+
+
+def test_scales_add_the_half_size_image_features(superpoint_weights, photo):
+    conf = {"weights": str(superpoint_weights), "max_keypoints": 300}
+    single = create_extractor("superpoint", **conf)
+    multi = create_extractor("superpoint", scales=[1, 0.5], **conf)
+    assert "scales" not in single.identity()["config"]  # maps built before keep their identity
+    assert multi.identity()["config"]["scales"] == [1.0, 0.5]
+    a, b = single.extract(photo), multi.extract(photo)
+    n_full, n_half = b.extra["scale_counts"]
+    assert n_full == len(a) and n_half > 50 and len(b) == n_full + n_half
+    np.testing.assert_array_equal(b.keypoints[:n_full], a.keypoints)
+    np.testing.assert_array_equal(b.descriptors[:n_full], a.descriptors)
+    assert b.dense.shape == a.dense.shape  # the full scale's
+    # the half scale's keypoints in input coordinates, as if the 160x120 image was given
+    gray = to_grayscale(photo)  # resized after the grayscale conversion
+    half = single.extract(cv2.resize(gray, (160, 120), interpolation=cv2.INTER_AREA))
+    np.testing.assert_allclose(b.keypoints[n_full:], (half.keypoints + 0.5) * 2 - 0.5)
+    np.testing.assert_allclose(b.descriptors[n_full:], half.descriptors, atol=1e-6)
+    for bad in ([0.5, 1.0], [1.0, 1.0], [1.0, 0.0], [], "1,x"):
+        with pytest.raises(ValueError, match="scales"):
+            create_extractor("superpoint", scales=bad, **conf)
 
 
 # ------------------------------------------------------------------------------------------------

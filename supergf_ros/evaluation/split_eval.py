@@ -304,6 +304,8 @@ def parse_top_ks(text: str) -> list[int]:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from ..mapping.build_map import parse_scales
+
     p = subparsers.add_parser(
         "split-eval",
         help="build a split's map, localize its queries (optionally at dusk), report accuracy",
@@ -328,6 +330,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--superpoint-weights", type=Path, help="default: $SUPERGF_SUPERPOINT_WEIGHTS")
     p.add_argument("--resize-max", type=int, help="map images: longer side in px (default: as is)")
     p.add_argument("--max-keypoints", type=int, help="map keypoints per image (default 1024)")
+    p.add_argument(
+        "--map-scales", type=parse_scales, help="map images: SuperPoint scales, e.g. 1,0.5"
+    )
     p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="maps, dusk images")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -352,7 +357,11 @@ def run(args: argparse.Namespace) -> int:
         localizer_conf=conf,
         map_extractor_conf={
             k: v
-            for k, v in (("resize_max", args.resize_max), ("max_keypoints", args.max_keypoints))
+            for k, v in (
+                ("resize_max", args.resize_max),
+                ("max_keypoints", args.max_keypoints),
+                ("scales", args.map_scales),
+            )
             if v is not None
         },
         work_dir=args.work_dir,

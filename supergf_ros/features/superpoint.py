@@ -13,6 +13,7 @@ coarse descriptor cell (i, j) of stride 8 covers pixels 8j .. 8j+7 and its centr
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,6 +211,36 @@ def simple_nms_np(scores: np.ndarray, nms_radius: int) -> np.ndarray:
     return np.where(max_mask, scores, np.float32(0))
 
 
+def check_scales(scales: Any) -> list[float]:
+    """`scales` as a list of floats: 1.0 first, then decreasing values in (0, 1)."""
+    try:
+        values = [float(v) for v in scales]
+    except (TypeError, ValueError):
+        raise ValueError(f"scales must be a list of numbers, got {scales!r}") from None
+    if (
+        not values
+        or values[0] != 1.0
+        or any(not 0.0 < v < u for u, v in itertools.pairwise(values))
+    ):
+        raise ValueError(
+            f"scales must start with 1.0 and decrease within (0, 1), e.g. [1.0, 0.5]; got {scales!r}"
+        )
+    return values
+
+
+def _with_scales(full: LocalFeatures, extra: list[tuple[np.ndarray, LocalFeatures]]):
+    """`full`'s features followed by each further scale's (keypoints already in input-image
+    coordinates); the dense map and details of the full scale."""
+    return LocalFeatures(
+        keypoints=np.concatenate([full.keypoints, *(kp for kp, _ in extra)]).astype(np.float32),
+        scores=np.concatenate([full.scores, *(f.scores for _, f in extra)]),
+        descriptors=np.concatenate([full.descriptors, *(f.descriptors for _, f in extra)]),
+        dense=full.dense,
+        image_size=full.image_size,
+        extra={**full.extra, "scale_counts": [len(full), *(len(f) for _, f in extra)]},
+    )
+
+
 def _resize_for(shape: tuple[int, int], resize_max: int | None) -> tuple[int, int] | None:
     """(w, h) to resize an (H, W) image to so that max(w, h) = resize_max; None if not needed."""
     h, w = shape
@@ -230,6 +261,11 @@ class SuperPoint(Extractor):
         remove_borders: drop keypoints closer than this many pixels to the (resized) image border.
         resize_max: resize so that the longer edge is at most this (None: no resize). Keypoints
             are always returned in input-image coordinates.
+        scales: image scales extracted, 1.0 first (default [1.0]). Further scales (e.g. 0.5)
+            add their keypoints (`max_keypoints` each) in input-image coordinates after the
+            first scale's: a map's keyframes then also hold a near structure's features at the
+            size a camera further back sees them. Queries are extracted at 1.0 only (the
+            Localizer's choice). Left out of `identity()` at its default.
         backend: "torch", "onnxruntime" (network through ONNX Runtime, same post-processing),
             "tensorrt" (cached engine, see supergf_ros.inference), "auto" (best available,
             see `supergf_ros.inference.backends.select_backend`), or a resolved `BackendChoice`
@@ -267,6 +303,7 @@ class SuperPoint(Extractor):
         "max_keypoints": 1024,
         "remove_borders": 4,
         "resize_max": None,
+        "scales": [1.0],
         "backend": "torch",
         "device": "cpu",
         "onnx_cache_dir": None,
@@ -334,6 +371,7 @@ class SuperPoint(Extractor):
             raise ValueError(f"remove_borders must be >= 0, got {c['remove_borders']}")
         if c["resize_max"] is not None and int(c["resize_max"]) < 16:
             raise ValueError(f"resize_max must be None or >= 16, got {c['resize_max']}")
+        c["scales"] = check_scales(c["scales"])
         if c["postprocess"] not in ("auto", "numpy", "torch"):
             raise ValueError(
                 f"postprocess must be 'auto', 'numpy' or 'torch', got {c['postprocess']!r}"
@@ -355,6 +393,8 @@ class SuperPoint(Extractor):
 
     def identity(self) -> dict[str, Any]:
         conf = {k: v for k, v in self.conf.items() if k not in self.runtime_options}
+        if conf["scales"] == [1.0]:  # maps built before the option keep their identity
+            del conf["scales"]
         return {"name": self.name, "config": conf, "weights_sha256": self.weights_sha256}
 
     def run_network(self, image: Any) -> tuple[Any, Any]:
@@ -380,8 +420,23 @@ class SuperPoint(Extractor):
         return torch.from_numpy(out["scores"]), torch.from_numpy(out["descriptors"])
 
     def _extract(self, image: np.ndarray) -> LocalFeatures:
-        c = self.conf
         gray = to_grayscale(image)
+        features = self._extract_gray(gray)
+        if len(self.conf["scales"]) == 1:
+            return features
+        h, w = gray.shape
+        base_w, base_h = _resize_for((h, w), self.conf["resize_max"]) or (w, h)
+        extra = []
+        for scale in self.conf["scales"][1:]:  # of the size the first scale is processed at
+            size = (max(STRIDE, round(base_w * scale)), max(STRIDE, round(base_h * scale)))
+            small = self._extract_gray(cv2.resize(gray, size, interpolation=cv2.INTER_AREA))
+            factor = np.array([w / size[0], h / size[1]], np.float32)
+            extra.append(((small.keypoints + 0.5) * factor - 0.5, small))
+        return _with_scales(features, extra)
+
+    def _extract_gray(self, gray: np.ndarray) -> LocalFeatures:
+        """The features of one scale: a 2-D uint8 image."""
+        c = self.conf
         in_h, in_w = gray.shape
         new_size = _resize_for((in_h, in_w), c["resize_max"])
         if new_size is not None:

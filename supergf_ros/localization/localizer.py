@@ -286,6 +286,8 @@ class Localizer:
             conf["return_dense"] = needs_dense
             conf["precision"] = self.conf["superpoint_precision"]
             conf["int8_calibration"] = self.conf["superpoint_int8_calibration"]
+            # a map's smaller scales meet near structure seen from afar; a query needs its own
+            conf["scales"] = [1.0]
         if self.conf["max_keypoints"] is not None:
             conf["max_keypoints"] = int(self.conf["max_keypoints"])
         extractor = create_extractor(name, **conf)

@@ -374,6 +374,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--resize-max", type=int, help="resize images so the longer edge is at most this"
     )
+    p.add_argument(
+        "--scales",
+        type=parse_scales,
+        help="SuperPoint image scales per keyframe, e.g. 1,0.5: keyframes far apart (a sparse "
+        "map) then share near structure seen at twice the size (default 1)",
+    )
     add_backend_arguments(p)
     p.add_argument("--num-neighbors", type=int, help="pose-based pairs per keyframe (default 10)")
     p.add_argument("--ratio-threshold", type=float, help="Lowe ratio test for map matching")
@@ -460,6 +466,16 @@ def add_backend_arguments(p: argparse.ArgumentParser, device: bool = True) -> No
         )
 
 
+def parse_scales(text: str) -> list[float]:
+    """'1,0.5' -> [1.0, 0.5] (argparse type; SuperPoint's `check_scales` rules)."""
+    from ..features.superpoint import check_scales
+
+    try:
+        return check_scales(text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def extractor_conf_from_args(args: argparse.Namespace) -> dict:
     conf: dict[str, Any] = {}
     if args.features == "superpoint":
@@ -467,8 +483,10 @@ def extractor_conf_from_args(args: argparse.Namespace) -> dict:
             conf["weights"] = str(args.superpoint_weights)
         if args.resize_max is not None:
             conf["resize_max"] = args.resize_max
-    elif args.resize_max is not None:
-        raise ValueError("--resize-max applies to --features superpoint only")
+        if getattr(args, "scales", None) is not None:
+            conf["scales"] = args.scales
+    elif args.resize_max is not None or getattr(args, "scales", None) is not None:
+        raise ValueError("--resize-max and --scales apply to --features superpoint only")
     if args.max_keypoints is not None:
         conf["max_keypoints"] = args.max_keypoints
     return conf
