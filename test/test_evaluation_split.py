@@ -154,6 +154,7 @@ def test_split_eval_command_reports_per_top_k(tiny_split: Split, capsys):
     assert set(report["top_k"]) == {"1", "2"}
     for m in report["top_k"].values():
         assert {"recall", "median_translation_m", "median_rotation_deg", "nees_median"} <= set(m)
+        assert m["fraction_inside_99"] is None or 0.0 <= m["fraction_inside_99"] <= 1.0
         assert m["num_queries"] == 2 and "0.25m_2deg" in m["recall"]
         axes = m["median_error_camera_m"]  # the position error in the camera's axes
         assert set(axes) == {"lateral", "vertical", "axial"}

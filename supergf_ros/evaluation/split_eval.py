@@ -133,11 +133,11 @@ def localize_queries(
 
 def split_metrics(results: dict[str, Any], dataset) -> dict[str, Any]:
     """`metrics.pose_metrics` of the results plus the median NEES of the fixes with a
-    covariance (None when none has one), the median PnP inliers and the median absolute
+    covariance and the fraction inside their 99% ellipsoid (None when none has one), the median PnP inliers and the median absolute
     position error per axis of the true camera (`median_error_camera_m`: lateral, vertical,
     axial)."""
     from ..tracking.gate import pose_mahalanobis
-    from .metrics import camera_frame_medians, pose_errors, pose_metrics
+    from .metrics import CHI2_6DOF_99, camera_frame_medians, pose_errors, pose_metrics
 
     poses = {n: r.cam_from_world for n, r in results.items() if r.success}
     metrics = pose_metrics(pose_errors(poses, dataset.poses, list(results)))
@@ -152,6 +152,9 @@ def split_metrics(results: dict[str, Any], dataset) -> dict[str, Any]:
                 continue
     inliers = [r.num_inliers for r in results.values() if r.success]
     metrics["nees_median"] = float(np.median(nees)) if nees else None
+    # the fixes whose true pose lies inside their published 99% ellipsoid (6-dof chi-square)
+    inside = np.asarray(nees) <= CHI2_6DOF_99
+    metrics["fraction_inside_99"] = float(inside.mean()) if nees else None
     metrics["median_inliers"] = float(np.median(inliers)) if inliers else None
     return metrics
 
@@ -266,7 +269,12 @@ def format_report(report: dict[str, Any]) -> str:
             f"top_k {k}: localized {m['num_localized']}/{m['num_queries']}, within (0.25 m, 2 deg) "
             f"{m['recall']['0.25m_2deg']:.3f}, median error "
             + ("n/a" if med_t is None else f"{med_t * 1e3:.1f} mm, {med_r:.3f} deg")
-            + ("" if nees is None else f", NEES median {nees:.2f}")
+            + (
+                ""
+                if nees is None
+                else f", NEES median {nees:.2f}, inside the 99% ellipsoid "
+                f"{m['fraction_inside_99']:.3f}"
+            )
             + _axes_text(m.get("median_error_camera_m"))
         )
     return "\n".join(lines)
