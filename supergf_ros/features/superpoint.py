@@ -428,7 +428,8 @@ class SuperPoint(Extractor):
         base_w, base_h = _resize_for((h, w), self.conf["resize_max"]) or (w, h)
         extra = []
         for scale in self.conf["scales"][1:]:  # of the size the first scale is processed at
-            size = (max(STRIDE, round(base_w * scale)), max(STRIDE, round(base_h * scale)))
+            # at least 16 px a side: the smallest image of SuperPoint's TensorRT profile
+            size = (max(16, round(base_w * scale)), max(16, round(base_h * scale)))
             small = self._extract_gray(cv2.resize(gray, size, interpolation=cv2.INTER_AREA))
             factor = np.array([w / size[0], h / size[1]], np.float32)
             extra.append(((small.keypoints + 0.5) * factor - 0.5, small))
