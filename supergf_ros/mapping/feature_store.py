@@ -186,13 +186,7 @@ class MatchesFile:
 
     def items(self, chunk_pairs: int = 4096):
         """((i, j), (K, 2) uint32 matches) in pair order, read chunk by chunk."""
-        offsets, matches = self.f["offsets"], self.f["matches"]
-        for a in range(0, self.num_done, chunk_pairs):
-            b = min(self.num_done, a + chunk_pairs)
-            off = offsets[a : b + 1]
-            block = matches[int(off[0]) : int(off[-1])]
-            for k in range(a, b):
-                yield self.pairs[k], block[int(off[k - a] - off[0]) : int(off[k - a + 1] - off[0])]
+        return self.items_at(np.arange(self.num_done), chunk_pairs)
 
     def items_at(self, indices, chunk_pairs: int = 4096):
         """((i, j), matches) of the pairs at increasing positions `indices` (all matched), in
@@ -205,7 +199,8 @@ class MatchesFile:
             b = min(self.num_done, a + chunk_pairs)
             off = offsets[a : b + 1]
             block = matches[int(off[0]) : int(off[-1])]
-            for k in indices[(indices >= a) & (indices < b)]:
+            first, last = np.searchsorted(indices, [a, b])
+            for k in indices[first:last]:
                 lo, hi = int(off[k - a] - off[0]), int(off[k - a + 1] - off[0])
                 yield self.pairs[int(k)], block[lo:hi]
 

@@ -184,8 +184,9 @@ def triangulate_step(job: BuildJob, ff: FeatureFile, poses, mf: MatchesFile, con
         from .submaps import triangulate_submaps
 
         tri = triangulate_submaps(
-            cameras, poses, names, lambda i: ff.keypoints(names[i]), mf, conf["triangulation"],
-            conf["submap_images"], work_dir=job.work_dir, progress=job.progress,
+            cameras, poses, names, [ff.num_keypoints(n) for n in names],
+            lambda i: ff.keypoints(names[i]), mf, conf["triangulation"], conf["submap_images"],
+            work_dir=job.work_dir, progress=job.progress,
         )  # fmt: skip
     else:
         keypoints = [ff.keypoints(n) for n in names]

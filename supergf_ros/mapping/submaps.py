@@ -107,6 +107,7 @@ def triangulate_submaps(
     cameras: Sequence[Camera],
     cam_from_world: Sequence[Pose],
     names: Sequence[str],
+    num_keypoints: Sequence[int],
     load_keypoints: Callable[[int], np.ndarray],
     pair_matches,
     conf: dict[str, Any],
@@ -116,7 +117,8 @@ def triangulate_submaps(
 ) -> dict[str, Any]:
     """`triangulate_known_poses` block by block (see the module); the same result keys.
 
-    `load_keypoints(i)`: image i's (N_i, 2) keypoints (read when its block needs them)."""
+    `num_keypoints[i]`: image i's keypoint count; `load_keypoints(i)`: its (N_i, 2) keypoints
+    (read when its block, then the merge, needs them)."""
     from tqdm import tqdm
 
     from .triangulation import default_triangulation_conf, triangulate_known_poses
@@ -125,8 +127,7 @@ def triangulate_submaps(
     centers = np.stack([p.center for p in cam_from_world])
     blocks = partition_images(centers, max_images)
     pairs = pairs_of(pair_matches)
-    counts = [len(load_keypoints(i)) for i in range(len(names))]
-    runs = SubmapRuns([np.full(n, -1, np.int64) for n in counts])
+    runs = SubmapRuns([np.full(int(n), -1, np.int64) for n in num_keypoints])
     for core in tqdm(blocks, desc="submaps", unit="block", disable=not progress):
         in_core = np.zeros(len(names), bool)
         in_core[core] = True
