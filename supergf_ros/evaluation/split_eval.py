@@ -132,31 +132,38 @@ def localize_queries(
 
 
 def split_metrics(results: dict[str, Any], dataset) -> dict[str, Any]:
-    """`metrics.pose_metrics` of the results plus the median NEES of the fixes with a
-    covariance and the fraction inside their 99% ellipsoid (None when none has one), the median PnP inliers and the median absolute
+    """`metrics.pose_metrics` of the results plus, from `metrics.covariance_consistency`, the
+    median NEES of the fixes with a positive definite covariance and the fraction inside their
+    99% ellipsoid (None when none has one), the median PnP inliers and the median absolute
     position error per axis of the true camera (`median_error_camera_m`: lateral, vertical,
     axial)."""
-    from ..tracking.gate import pose_mahalanobis
-    from .metrics import CHI2_6DOF_99, camera_frame_medians, pose_errors, pose_metrics
+    from .metrics import camera_frame_medians, covariance_consistency, pose_errors, pose_metrics
 
     poses = {n: r.cam_from_world for n, r in results.items() if r.success}
     metrics = pose_metrics(pose_errors(poses, dataset.poses, list(results)))
     metrics["median_error_camera_m"] = camera_frame_medians(poses, dataset.poses)
-    nees = []
-    for name, r in results.items():
-        if r.success and r.map_covariance is not None:
-            truth = dataset.cam_from_world(name).inverse()
-            try:
-                nees.append(pose_mahalanobis(r.cam_from_world.inverse(), truth, r.map_covariance))
-            except ValueError:  # a covariance that is not positive definite
-                continue
+    fixes = {n: (r.cam_from_world, r.map_covariance) for n, r in results.items()
+             if r.success and _positive_definite(r.map_covariance)}  # fmt: skip
+    consistency = covariance_consistency(fixes, dataset.poses)
     inliers = [r.num_inliers for r in results.values() if r.success]
-    metrics["nees_median"] = float(np.median(nees)) if nees else None
+    metrics["nees_median"] = consistency["nees_median"]
     # the fixes whose true pose lies inside their published 99% ellipsoid (6-dof chi-square)
-    inside = np.asarray(nees) <= CHI2_6DOF_99
-    metrics["fraction_inside_99"] = float(inside.mean()) if nees else None
+    metrics["fraction_inside_99"] = consistency["fraction_inside_99"]
     metrics["median_inliers"] = float(np.median(inliers)) if inliers else None
     return metrics
+
+
+def _positive_definite(covariance) -> bool:
+    """A finite, symmetric, positive definite 6x6 covariance (others give no NEES)."""
+    from ..tracking.gate import check_covariance
+
+    if covariance is None:
+        return False
+    try:
+        np.linalg.cholesky(check_covariance(covariance))
+    except (ValueError, np.linalg.LinAlgError):
+        return False
+    return True
 
 
 @dataclass
